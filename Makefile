@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` (the fleet end to end) and `make test`.
+SHELL := /bin/bash
+PYTEST_ARGS ?=
+
+.PHONY: setup demo down test test-slow bench
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@scripts/services.sh rabbitmq
+	@.venv/bin/python -m funasr_fleet.devstack demo
+
+down:
+	@.venv/bin/python -m funasr_fleet.devstack down
+
+test: setup
+	@scripts/services.sh rabbitmq
+	@.venv/bin/python -m funasr_fleet dev tiny-models .cache/tiny-models >/dev/null
+	@rc=0; .venv/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	 if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+test-slow: setup
+	@scripts/services.sh rabbitmq
+	@.venv/bin/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench: setup
+	@scripts/services.sh rabbitmq
+	@.venv/bin/python -m benchmarks --quick --json bench-results/bench.json

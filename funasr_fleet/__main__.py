@@ -1,0 +1,3 @@
+from funasr_fleet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per `funasr-fleet` subcommand (see funasr_fleet.cli)."""

@@ -1,0 +1,228 @@
+"""The job request: the one message schema upstream services publish (versioned).
+
+Parsing turns every way a body can be wrong into a FleetError with a stable code, so the
+consumer can publish a precise failed event and dead-letter the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from funasr_fleet.errors import (
+    BadS3Uri,
+    BucketNotAllowed,
+    MalformedMessage,
+    OutputPrefixInvalid,
+    SchemaInvalid,
+    UnsupportedFormat,
+    UnsupportedSchemaVersion,
+)
+from funasr_fleet.settings import ALL_FORMATS, Settings
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+MAX_BODY_BYTES = 256 * 1024
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# S3 bucket naming rules (lowercase, digits, dots, hyphens; 3..63).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class S3Location(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def parse_s3_uri(value: str | dict[str, Any] | S3Location, *, allow_empty_key: bool = False) -> S3Location:
+    """``s3://bucket/key`` or ``{"bucket": ..., "key": ...}`` → S3Location, or BadS3Uri."""
+    if isinstance(value, S3Location):
+        bucket, key = value.bucket, value.key
+    elif isinstance(value, dict):
+        bucket, key = value.get("bucket"), value.get("key", value.get("prefix", ""))
+        if not isinstance(bucket, str) or not isinstance(key, str):
+            raise BadS3Uri(f"S3 location needs string bucket and key: {value!r}")
+    elif isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme != "s3" or parts.query or parts.fragment:
+            raise BadS3Uri(f"not an s3://bucket/key URI: {value!r}")
+        bucket, key = parts.netloc, parts.path.lstrip("/")
+    else:
+        raise BadS3Uri(f"S3 location must be a string or an object, not {type(value).__name__}")
+    if not _BUCKET.match(bucket or ""):
+        raise BadS3Uri(f"invalid bucket name {bucket!r}")
+    if not key and not allow_empty_key:
+        raise BadS3Uri(f"S3 location has no key: s3://{bucket}/")
+    if len(key.encode()) > 1024:
+        raise BadS3Uri("S3 key longer than 1024 bytes")
+    return S3Location(bucket=bucket, key=key)
+
+
+def safe_prefix(prefix: str) -> str:
+    """A key prefix that cannot escape: no absolute path, no ``..``/``.`` segments, no empty segments."""
+    if prefix.startswith("/") or "\\" in prefix or "\x00" in prefix:
+        raise OutputPrefixInvalid(f"output prefix must be relative: {prefix!r}")
+    segments = [s for s in prefix.split("/")]
+    if segments and segments[-1] == "":
+        segments = segments[:-1]
+    for seg in segments:
+        if seg in ("", ".", ".."):
+            raise OutputPrefixInvalid(f"output prefix has an empty, '.' or '..' segment: {prefix!r}")
+    return "/".join(segments)
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hotwords: list[str] = Field(default_factory=list, max_length=200)
+    diarize: bool = True
+    num_speakers: int | None = Field(None, ge=1, le=32)
+    language: str | None = Field(None, max_length=16)
+
+
+class JobRequest(BaseModel):
+    """What to transcribe, where to put the results, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str | None = Field(None, description="Idempotency key; derived from the body when absent.")
+    audio: S3Location
+    output: S3Location | None = Field(None, description="Bucket + prefix; default results bucket/prefix/job_id.")
+    formats: list[str] = Field(default_factory=list, description="Output formats; empty = settings default.")
+    options: JobOptions = Field(default_factory=JobOptions)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Passed through to every event.")
+    delete_source: bool | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise UnsupportedSchemaVersion(
+                f"schema_version {value} is not supported (supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
+            )
+        return value
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, value: str | None) -> str | None:
+        if value is not None and not _JOB_ID.match(value):
+            raise ValueError("job_id must be 1-128 characters of [A-Za-z0-9._-], starting alphanumeric")
+        return value
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _audio(cls, value: Any) -> S3Location:
+        return parse_s3_uri(value)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output(cls, value: Any) -> S3Location | None:
+        if value is None:
+            return None
+        loc = parse_s3_uri(value, allow_empty_key=True)
+        return S3Location(bucket=loc.bucket, key=safe_prefix(loc.key))
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        normalised = [f.strip().lower() for f in value]
+        unknown = [f for f in normalised if f not in ALL_FORMATS]
+        if unknown:
+            raise UnsupportedFormat(f"unsupported format(s) {unknown}; supported: {list(ALL_FORMATS)}")
+        return list(dict.fromkeys(normalised))
+
+    @model_validator(mode="after")
+    def _fill_id(self) -> JobRequest:
+        if self.job_id is None:
+            self.job_id = derived_job_id(self)
+        return self
+
+    def output_location(self, settings: Settings) -> S3Location:
+        if self.output is not None:
+            return self.output
+        base = safe_prefix(settings.s3.results_prefix) if settings.s3.results_prefix else ""
+        prefix = f"{base}/{self.job_id}" if base else str(self.job_id)
+        return S3Location(bucket=settings.s3.results_bucket, key=prefix)
+
+    def effective_formats(self, settings: Settings) -> list[str]:
+        return self.formats or list(settings.outputs.default_formats)
+
+    def to_body(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def derived_job_id(job: JobRequest) -> str:
+    """Deterministic id for a request without one: the same body always gets the same id."""
+    canon = job.model_dump(mode="json", exclude={"job_id", "metadata"})
+    digest = hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
+    return f"j-{digest[:32]}"
+
+
+def job_id_for_object(bucket: str, key: str, etag: str) -> str:
+    """Deterministic id of a bucket drop: the same object version announced twice is one job."""
+    clean_etag = etag.strip('"')
+    digest = hashlib.sha256(f"{bucket}\x00{key}\x00{clean_etag}".encode()).hexdigest()
+    return f"s3-{digest[:32]}"
+
+
+def parse_job(body: bytes, settings: Settings | None = None) -> JobRequest:
+    """Bytes off the wire → JobRequest, or the FleetError saying exactly what is wrong."""
+    if len(body) > MAX_BODY_BYTES:
+        raise SchemaInvalid(f"message body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"body must be a JSON object, not {type(data).__name__}")
+    return validate_job(data, settings)
+
+
+def validate_job(data: dict[str, Any], settings: Settings | None = None) -> JobRequest:
+    try:
+        job = JobRequest.model_validate(data)
+    except ValidationError as exc:
+        raise SchemaInvalid(_describe(exc)) from None
+    if settings is not None:
+        check_allowed(job, settings)
+    return job
+
+
+def check_allowed(job: JobRequest, settings: Settings) -> None:
+    allowed = settings.s3.allowed_buckets
+    if not allowed:
+        return
+    if job.audio.bucket not in allowed:
+        raise BucketNotAllowed(f"bucket {job.audio.bucket!r} is not in the allow-list")
+    if job.output is not None and job.output.bucket not in allowed + [settings.s3.results_bucket]:
+        raise BucketNotAllowed(f"output bucket {job.output.bucket!r} is not in the allow-list")
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+Kind = Literal["job", "s3-event"]
+
+
+def message_kind(data: dict[str, Any]) -> Kind:
+    """Bucket-notification records (MinIO/S3 event) vs a job request."""
+    return "s3-event" if "Records" in data or "EventName" in data else "job"
