@@ -1,0 +1,73 @@
+"""The job manifest: the commit marker written LAST under a job's output prefix.
+
+Its presence means every output it lists was uploaded. A redelivered job whose manifest matches
+(same job, same input object version, same engine, same options and formats) is answered from the
+manifest instead of being transcribed again. The reconcile sweep and the client look for
+``<output prefix>/manifest.json`` (:data:`MANIFEST_NAME`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+CACHE_DIR = "_cache"
+"""Under the results prefix: transcript JSON of past jobs keyed by audio hash + engine + options."""
+
+
+def manifest_key(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{MANIFEST_NAME}" if prefix else MANIFEST_NAME
+
+
+def output_key(prefix: str, extension: str) -> str:
+    """Key of one output file: ``<prefix>/transcript<ext>`` (ext with or without its dot)."""
+    ext = extension if extension.startswith(".") else f".{extension}"
+    return f"{prefix.rstrip('/')}/transcript{ext}" if prefix else f"transcript{ext}"
+
+
+def options_hash(options: dict[str, Any], formats: list[str]) -> str:
+    """Stable hash of what changes the outputs besides the audio and the engine."""
+    canon = json.dumps({"options": options, "formats": sorted(formats)}, sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+def content_key(audio_sha256: str, engine_fingerprint: str, options: dict[str, Any]) -> str:
+    """Result-reuse key: identical bytes, engine and transcription options give the same transcript."""
+    canon = json.dumps({"a": audio_sha256, "e": engine_fingerprint, "o": options}, sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+class ManifestInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    bucket: str
+    key: str
+    etag: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    manifest_version: int = MANIFEST_VERSION
+    job_id: str
+    input: ManifestInput
+    engine_fingerprint: str
+    options_hash: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    formats: list[str]
+    outputs: list[str]
+    event: dict[str, Any] = Field(description="The data of the job.succeeded event, re-published on redelivery.")
+    created: str
+    source_deleted: bool = False
+
+    def matches(self, *, job_id: str, engine_fingerprint: str, opts_hash: str) -> bool:
+        return (
+            self.job_id == job_id and self.engine_fingerprint == engine_fingerprint and self.options_hash == opts_hash
+        )
