@@ -166,6 +166,12 @@ class SupervisorSettings(_Section):
     crash_window_s: float = Field(300.0, gt=0, description="Window for counting runtime crashes.")
     max_crashes_in_window: int = Field(10, ge=1, description="Runtime crashes within the window that halt the supervisor.")
     state_dir: Path | None = Field(None, description="Heartbeat files and metrics shards; default: a temp dir.")
+    boot_timeout_s: float = Field(
+        600.0, gt=0, description="A booting consumer (loading its model) silent this long is killed as hung."
+    )
+    abort_grace_s: float = Field(
+        5.0, gt=0, description="After SIGABRT to a hung consumer, wait this long before SIGKILL."
+    )
 
 
 class IntakeSettings(_Section):
