@@ -101,7 +101,9 @@ class Engine:
         if self._refs["spk_model"]:
             kwargs["spk_model"] = self._refs["spk_model"]
         try:
-            model = AutoModel(**kwargs)
+            # FunASR prints (its version, download failures) to stdout; stdout belongs to commands
+            with contextlib.redirect_stdout(sys.stderr):
+                model = AutoModel(**kwargs)
         except FleetError:
             raise
         except Exception as exc:
@@ -227,10 +229,21 @@ class Engine:
         items = raw.get("sentence_info")
         if items is None and str(raw.get("text", "")).strip():
             items = _sentences_from_tokens(raw, gap_ms=self.settings.max_end_silence_ms)
+        # Per-token times: FunASR's sentence splitter can be off by one token at sentence edges, but
+        # the whole-result text and timestamp lists line up; hand tokens to sentences by time.
+        all_tokens = _tokens(str(raw.get("text", "")), raw.get("timestamp") or [], duration_ms)
         sentences: list[Sentence] = []
         for item in items or []:
             text = str(item.get("text", "")).strip()
             if not text:
+                continue
+            if all(c in _PUNCT or c.isspace() for c in text):
+                # FunASR's splitter sometimes leaves a sentence-final mark on its own: glue it back
+                if sentences:
+                    last = sentences[-1]
+                    glued = last.text if last.text[-1] in _PUNCT else last.text + text
+                    end = _clamp(int(item.get("end", last.end_ms)), last.end_ms, duration_ms)
+                    sentences[-1] = replace(last, text=glued, end_ms=end)
                 continue
             start = _clamp(int(item.get("start", 0)), 0, duration_ms)
             end = _clamp(int(item.get("end", start)), start, duration_ms)
@@ -241,7 +254,8 @@ class Engine:
                     end_ms=end,
                     text=text,
                     speaker=int(spk) if spk is not None else (0 if diarized else None),
-                    tokens=_tokens(text, item.get("timestamp") or [], duration_ms),
+                    tokens=_tokens(text, item.get("timestamp") or [], duration_ms)
+                    or tuple(t for t in all_tokens if start <= (t.start_ms + t.end_ms) // 2 < end),
                 )
             )
         sentences.sort(key=lambda s: (s.start_ms, s.end_ms))
