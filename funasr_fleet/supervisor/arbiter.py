@@ -147,7 +147,7 @@ class Arbiter:
         )
         try:
             for slot in range(self.plan.consumers):
-                self._spawn(slot)
+                self.slots[slot] = self._spawn(slot).pid
             while True:
                 now = time.monotonic()
                 self.last_tick = now
