@@ -9,6 +9,7 @@ generated from this model (``funasr-fleet config-reference``) and a test keeps i
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -242,12 +243,18 @@ def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning validation errors into one ConfigError naming each bad key."""
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file()}: not valid TOML: {exc}") from None
     except ValidationError as exc:
-        lines = []
+        # loc is (section, key, ...): what follows is a list index or a union member ("int"),
+        # not part of the key or the variable's name; merge such errors into one line.
+        problems: dict[tuple[str, ...], list[str]] = {}
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            env = "FLEET_" + "__".join(str(p).upper() for p in err["loc"])
-            lines.append(f"  {key} ({env}): {err['msg']}")
+            problems.setdefault(tuple(str(p) for p in err["loc"][:2]), []).append(err["msg"])
+        lines = []
+        for loc, messages in problems.items():
+            env = "FLEET_" + "__".join(p.upper() for p in loc)
+            lines.append(f"  {'.'.join(loc)} ({env}): {'; or '.join(messages)}")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
 
 
