@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="S3 port (0 = pick a free one)")
     args = parser.parse_args(argv)
+    from funasr_fleet.logs import setup_logging
+
+    setup_logging("INFO")  # logs to stderr; stdout carries only the endpoint URL
     access = os.environ.get("FLEET_S3__ACCESS_KEY", "")
     secret = os.environ.get("FLEET_S3__SECRET_KEY", "")
     existing = SeaweedServer.adopt(args.dir)

@@ -69,6 +69,12 @@ _DENIED = frozenset(
 )
 
 
+class WriteConflict(StorageError):
+    """A conditional write lost: the object exists (if_none_match) or changed (if_match)."""
+
+    code = "storage_write_conflict"
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What S3 says about one object (from HEAD, a listing, or our own upload)."""
@@ -268,12 +274,29 @@ class Storage:
         *,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
     ) -> ObjectInfo:
+        """PUT one object. ``if_none_match``: only create; ``if_match``: only replace that etag (else WriteConflict)."""
         body = data.encode() if isinstance(data, str) else bytes(data)
-        with _s3_errors("put", bucket, key):
-            resp = self._client.put_object(
-                Bucket=bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata or {}
-            )
+        extra: dict[str, str] = {}
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = f'"{_clean_etag(if_match)}"'
+        try:
+            with _s3_errors("put", bucket, key):
+                resp = self._client.put_object(
+                    Bucket=bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata or {}, **extra
+                )
+        except StorageError as exc:
+            cause = exc.__cause__
+            if extra and isinstance(cause, ClientError):
+                status = int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+                code = str(cause.response.get("Error", {}).get("Code", ""))
+                if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise WriteConflict(f"put s3://{bucket}/{key}: precondition failed ({code or status})") from exc
+            raise
         return ObjectInfo(
             bucket=bucket,
             key=key,
@@ -284,10 +307,25 @@ class Storage:
         )
 
     def put_json(
-        self, bucket: str, key: str, data: Any, *, metadata: dict[str, str] | None = None
+        self,
+        bucket: str,
+        key: str,
+        data: Any,
+        *,
+        metadata: dict[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
     ) -> ObjectInfo:
         body = json.dumps(data, ensure_ascii=False, indent=2, default=str).encode()
-        return self.put_bytes(bucket, key, body, content_type="application/json", metadata=metadata)
+        return self.put_bytes(
+            bucket,
+            key,
+            body,
+            content_type="application/json",
+            metadata=metadata,
+            if_none_match=if_none_match,
+            if_match=if_match,
+        )
 
     def upload_chunks(
         self,
@@ -353,21 +391,22 @@ class Storage:
 
     def upload_file(
         self,
+        path: Path | str,
         bucket: str,
         key: str,
-        path: Path,
         *,
-        content_type: str = "application/octet-stream",
+        content_type: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> ObjectInfo:
-        """Upload a local file in PART_SIZE chunks (used by `submit --upload`)."""
+        """Upload a local file in PART_SIZE chunks (argument order as boto3's upload_file)."""
 
         def read() -> Iterator[bytes]:
             with open(path, "rb") as fh:
                 while block := fh.read(PART_SIZE):
                     yield block
 
-        return self.upload_chunks(bucket, key, read(), content_type=content_type, metadata=metadata)
+        ctype = content_type or content_type_for(str(path))
+        return self.upload_chunks(bucket, key, read(), content_type=ctype, metadata=metadata)
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> ObjectInfo:
         """Server-side copy (objects up to 5 GiB; outputs and audio are far smaller)."""

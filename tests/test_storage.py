@@ -228,3 +228,23 @@ def test_fleet_settings_and_env(fleet_settings: Callable[..., Settings], storage
         os.environ.update(saved)
     assert again.model_dump(mode="json") == settings.model_dump(mode="json")
     assert again.s3.credential("secret_key") == settings.s3.credential("secret_key")
+
+
+def test_conditional_put_and_upload_file(storage: Storage, make_bucket: Callable[..., str], tmp_path: Path) -> None:
+    from funasr_fleet.storage import WriteConflict
+
+    bucket = make_bucket()
+    first = storage.put_json(bucket, "_fleet/m.json", {"n": 1}, if_none_match=True)
+    with pytest.raises(WriteConflict) as err:
+        storage.put_json(bucket, "_fleet/m.json", {"n": 2}, if_none_match=True)
+    assert err.value.code == "storage_write_conflict"
+    with pytest.raises(WriteConflict):
+        storage.put_json(bucket, "_fleet/m.json", {"n": 3}, if_match="0" * 32)
+    storage.put_json(bucket, "_fleet/m.json", {"n": 4}, if_match=first.etag)
+    assert storage.get_json(bucket, "_fleet/m.json") == {"n": 4}
+
+    local = tmp_path / "clip.wav"
+    local.write_bytes(b"RIFF" + os.urandom(5000))
+    info = storage.upload_file(local, bucket, "in/clip.wav")
+    assert info.size == 5004
+    assert storage.get_bytes(bucket, "in/clip.wav") == local.read_bytes()
