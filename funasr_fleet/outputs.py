@@ -127,11 +127,13 @@ def _finite(value: float) -> float | None:
 
 
 def _sorted_keys(value: Any) -> Any:
-    """Caller-supplied dicts (decoder metadata) get sorted keys so the output is deterministic."""
+    """Decoder metadata made deterministic (sorted keys) and valid JSON (no NaN/inf)."""
     if isinstance(value, dict):
         return {str(k): _sorted_keys(value[k]) for k in sorted(value, key=str)}
     if isinstance(value, (list, tuple)):
         return [_sorted_keys(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; a decoder's odd duration must not fail the job
     return value
 
 

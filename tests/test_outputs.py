@@ -298,6 +298,12 @@ def test_json_non_finite_processing_figures_round_trip() -> None:
     assert math.isnan(parsed.wall_s) and render_bytes("json", parsed, parsed_meta) == data
 
 
+def test_json_media_non_finite_becomes_null() -> None:
+    transcript, meta = case_empty()
+    doc = json.loads(render_bytes("json", transcript, replace(meta, audio={"duration_s": float("nan"), "size_bytes": 3})))
+    assert doc["audio"]["media"] == {"duration_s": None, "size_bytes": 3}
+
+
 @pytest.mark.parametrize(
     "data",
     [
