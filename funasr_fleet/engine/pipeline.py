@@ -207,8 +207,8 @@ class Engine:
         diarize = options.diarize and self.diarization_available
         if diarize and options.num_speakers:
             cfg["preset_spk_num"] = int(options.num_speakers)
-        if not diarize:
-            cfg["sentence_timestamp"] = True
+        if not diarize and model_has_punc(self._model):
+            cfg["sentence_timestamp"] = True  # sentences split at punctuation, with times
         model = self._model
         spk_model = model.spk_model
         try:
@@ -227,7 +227,7 @@ class Engine:
 
     def _sentences(self, raw: dict[str, Any], duration_ms: int, *, diarized: bool) -> tuple[Sentence, ...]:
         items = raw.get("sentence_info")
-        if items is None and str(raw.get("text", "")).strip():
+        if not items and str(raw.get("text", "")).strip():
             items = _sentences_from_tokens(raw, gap_ms=self.settings.max_end_silence_ms)
         # Per-token times: FunASR's sentence splitter can be off by one token at sentence edges, but
         # the whole-result text and timestamp lists line up; hand tokens to sentences by time.
@@ -302,6 +302,10 @@ def resolve_model_ref(value: str, key: str, *, required: bool) -> str | None:
             raise ModelLoadError(f"{env}={value}: not a FunASR model directory (no config.yaml)")
         return str(path)
     return value
+
+
+def model_has_punc(model: Any) -> bool:
+    return getattr(model, "punc_model", None) is not None
 
 
 def _model_path(kwargs: dict[str, Any] | None) -> Path | None:
