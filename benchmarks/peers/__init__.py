@@ -1,0 +1,1 @@
+"""Peers the fleet is compared with (not part of the package): the Celery prefork worker."""
