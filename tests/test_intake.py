@@ -1,0 +1,364 @@
+"""Job intake: MinIO bucket notifications → jobs, and the reconcile sweep (real S3, real broker)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote_plus
+
+import pika
+import pytest
+
+from funasr_fleet import intake
+from funasr_fleet.errors import BrokerUnavailable, MalformedMessage, SchemaInvalid
+from funasr_fleet.intake import Ignored, parse_notification
+from funasr_fleet.jobs import JobRequest, job_id_for_object, message_kind, safe_prefix
+from funasr_fleet.manifest import manifest_key
+from funasr_fleet.settings import Settings
+from funasr_fleet.storage import Storage
+
+ETAG = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+
+
+def settings_for(**s3: Any) -> Settings:
+    values = {"inbox_bucket": "inbox", "results_bucket": "results", "results_prefix": "results", **s3}
+    return Settings(s3=values, intake={"formats": ["json", "srt", "vtt"]})
+
+
+def minio_body(
+    bucket: str,
+    encoded_key: str,
+    *,
+    size: int = 48_000,
+    etag: str = ETAG,
+    event: str = "s3:ObjectCreated:Put",
+    version_id: str | None = None,
+) -> dict[str, Any]:
+    """A notification body exactly as MinIO publishes it to AMQP (keys URL-encoded, `+` = space)."""
+    obj: dict[str, Any] = {
+        "key": encoded_key,
+        "size": size,
+        "eTag": etag,
+        "contentType": "audio/wav",
+        "userMetadata": {"content-type": "audio/wav"},
+        "sequencer": "17A3F2D2B5F4E6A1",
+    }
+    if version_id:
+        obj["versionId"] = version_id
+    return {
+        "EventName": event,
+        "Key": f"{bucket}/{encoded_key}",
+        "Records": [
+            {
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "awsRegion": "",
+                "eventTime": "2026-11-28T17:00:00.123Z",
+                "eventName": event,
+                "userIdentity": {"principalId": "minioadmin"},
+                "requestParameters": {"principalId": "minioadmin", "region": "", "sourceIPAddress": "172.17.0.1"},
+                "responseElements": {
+                    "x-amz-id-2": "dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af9251148b658df7ac2e3e8",
+                    "x-amz-request-id": "17A3F2D2B4E12C5B",
+                    "x-minio-deployment-id": "5d8c1e2a-7f42-4a3c-9f1b-1f2d3c4b5a69",
+                    "x-minio-origin-endpoint": "http://172.17.0.2:9000",
+                },
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "Config",
+                    "bucket": {"name": bucket, "ownerIdentity": {"principalId": "minioadmin"}, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": obj,
+                },
+                "source": {"host": "172.17.0.1", "port": "", "userAgent": "MinIO (linux; amd64) minio-go/v7.0.66"},
+            }
+        ],
+    }
+
+
+def one_job(result: list[JobRequest] | Ignored) -> JobRequest:
+    assert isinstance(result, list), result
+    assert len(result) == 1
+    return result[0]
+
+
+# --- parse_notification (no services needed) -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("encoded", "decoded"),
+    [
+        ("calls/plain.wav", "calls/plain.wav"),
+        ("calls%2F2026%2F11%2Fcall.wav", "calls/2026/11/call.wav"),
+        ("calls/my+call+1.wav", "calls/my call 1.wav"),
+        ("calls/a%2Bb.wav", "calls/a+b.wav"),
+        (quote_plus("会议/录音 一.wav"), "会议/录音 一.wav"),
+        (quote_plus("réunion/été 2026.MP3"), "réunion/été 2026.MP3"),
+    ],
+)
+def test_keys_are_url_decoded(encoded: str, decoded: str) -> None:
+    settings = settings_for()
+    body = minio_body("inbox", encoded)
+    assert message_kind(body) == "s3-event"
+    job = one_job(parse_notification(body, settings))
+    assert job.audio.bucket == "inbox" and job.audio.key == decoded
+    assert job.job_id == job_id_for_object("inbox", decoded, ETAG)
+    assert job.output is not None
+    assert job.output.bucket == "results"
+    assert job.output.key == f"results/{decoded}"
+    assert job.formats == ["json", "srt", "vtt"]
+    assert job.metadata["intake"] == "s3-event"
+    assert job.metadata["object"] == {"etag": ETAG, "size": 48_000}
+    # The body the consumer re-publishes validates as a job request again.
+    assert JobRequest.model_validate_json(job.to_body()).job_id == job.job_id
+
+
+def test_same_object_same_job_new_version_new_job() -> None:
+    settings = settings_for()
+    a = one_job(parse_notification(minio_body("inbox", "x.wav"), settings))
+    b = one_job(parse_notification(minio_body("inbox", "x.wav", event="s3:ObjectCreated:CompleteMultipartUpload"), settings))
+    c = one_job(parse_notification(minio_body("inbox", "x.wav", etag='"ffff0000ffff0000ffff0000ffff0000"'), settings))
+    assert a.job_id == b.job_id
+    assert c.job_id != a.job_id
+    assert c.output == a.output  # same key → same output prefix (the manifest tells the versions apart)
+
+
+def test_zero_size_object_is_a_job() -> None:
+    job = one_job(parse_notification(minio_body("inbox", "empty.wav", size=0), settings_for()))
+    assert job.metadata["object"]["size"] == 0  # the consumer fails it with empty_object
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (minio_body("inbox", "calls%2F", size=0), "directory marker"),
+        (minio_body("inbox", "calls/", size=0), "directory marker"),
+        (minio_body("elsewhere", "x.wav"), "not the inbox bucket"),
+        (minio_body("inbox", "notes.txt"), "suffix"),
+        (minio_body("inbox", "x.wav", event="s3:ObjectRemoved:Delete"), "not an object creation"),
+        (minio_body("inbox", "x.wav", event="s3:ObjectAccessed:Get"), "not an object creation"),
+        (minio_body("inbox", "x.wav", event="s3:ObjectRemoved:DeleteMarkerCreated"), "not an object creation"),
+        ({"EventName": "s3:ObjectCreated:Put", "Records": []}, "no records"),
+    ],
+)
+def test_ignored(body: dict[str, Any], why: str) -> None:
+    result = parse_notification(body, settings_for())
+    assert isinstance(result, Ignored)
+    assert why in result.reason
+
+
+def test_suffixes_case_insensitive_and_aws_event_names() -> None:
+    settings = settings_for()
+    assert one_job(parse_notification(minio_body("inbox", "LOUD.WAV"), settings)).audio.key == "LOUD.WAV"
+    aws = minio_body("inbox", "aws.m4a", event="ObjectCreated:Put")  # AWS omits the "s3:" prefix
+    assert one_job(parse_notification(aws, settings)).audio.key == "aws.m4a"
+
+
+def test_inbox_prefix_filter() -> None:
+    settings = settings_for(inbox_prefix="incoming")
+    assert one_job(parse_notification(minio_body("inbox", "incoming%2Fa.wav"), settings)).audio.key == "incoming/a.wav"
+    for key in ("a.wav", "incoming2/a.wav", "other/incoming/a.wav"):
+        assert isinstance(parse_notification(minio_body("inbox", quote_plus(key)), settings), Ignored)
+
+
+def test_shared_bucket_ignores_results_and_markers() -> None:
+    settings = settings_for(results_bucket="inbox", results_prefix="out")
+    for key in ("out/calls/x.wav/transcript.json", "out/x.mp4", "_fleet/sweep/j.wav"):
+        assert isinstance(parse_notification(minio_body("inbox", quote_plus(key)), settings), Ignored), key
+
+
+def test_mixed_records_and_version_ids() -> None:
+    settings = settings_for()
+    body = minio_body("inbox", "one.wav", version_id="v-1")
+    body["Records"] += minio_body("inbox", "notes.txt")["Records"]
+    body["Records"] += minio_body("inbox", "two.flac", event="s3:ObjectCreated:Copy")["Records"]
+    result = parse_notification(body, settings)
+    assert isinstance(result, list)
+    assert [j.audio.key for j in result] == ["one.wav", "two.flac"]
+    assert result[0].metadata["object"]["version_id"] == "v-1"
+
+
+def test_unsafe_keys_get_a_safe_output_prefix() -> None:
+    settings = settings_for()
+    for key in ("a/../b.wav", "./x.wav", "a//b.wav", "/lead.wav", "back\\slash.wav"):
+        job = one_job(parse_notification(minio_body("inbox", quote_plus(key)), settings))
+        assert job.audio.key == key
+        assert job.output is not None
+        assert safe_prefix(job.output.key) == job.output.key
+        assert job.output.key.startswith("results/")
+
+
+def test_missing_etag_still_deterministic() -> None:
+    body = minio_body("inbox", "x.wav")
+    del body["Records"][0]["s3"]["object"]["eTag"]
+    settings = settings_for()
+    assert one_job(parse_notification(body, settings)).job_id == one_job(parse_notification(copy.deepcopy(body), settings)).job_id
+
+
+def _without(path: tuple[str, ...]) -> dict[str, Any]:
+    body = minio_body("inbox", "x.wav")
+    node: Any = body["Records"][0]
+    for name in path[:-1]:
+        node = node[name]
+    del node[path[-1]]
+    return body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"EventName": "s3:ObjectCreated:Put"},
+        {"Records": "nope"},
+        {"Records": [17]},
+        _without(("eventName",)),
+        _without(("s3",)),
+        _without(("s3", "bucket")),
+        _without(("s3", "object", "key")),
+        {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "inbox"}, "object": {"key": 5}}}]},
+        {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a.wav", "size": "big"}}}]},
+        {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a.wav", "size": -1}}}]},
+    ],
+)
+def test_malformed_notifications_raise(body: dict[str, Any]) -> None:
+    with pytest.raises(SchemaInvalid) as err:
+        parse_notification(body, settings_for())
+    assert err.value.permanent and err.value.code == "schema_invalid"
+
+
+def test_non_object_body_is_malformed() -> None:
+    with pytest.raises(MalformedMessage):
+        parse_notification(["Records"], settings_for())  # type: ignore[arg-type]
+
+
+# --- the sweep (real S3) ---------------------------------------------------------------------------
+class Collect:
+    """A publish callable that records jobs (and can be told to fail)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[JobRequest] = []
+        self.fail = False
+        self.lock = threading.Lock()
+
+    def __call__(self, job: JobRequest) -> None:
+        if self.fail:
+            raise BrokerUnavailable("broker down (test)")
+        with self.lock:
+            self.jobs.append(job)
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(j.audio.key for j in self.jobs)
+
+
+def _drop(storage: Storage, settings: Settings, key: str, data: bytes = b"RIFF....WAVEfmt ") -> str:
+    info = storage.put_bytes(settings.s3.inbox_bucket, key, data, content_type="audio/wav")
+    return job_id_for_object(settings.s3.inbox_bucket, key, info.etag)
+
+
+def _manifest(storage: Storage, settings: Settings, key: str, job_id: str) -> None:
+    job = intake.job_for_object(settings, settings.s3.inbox_bucket, key, "x")
+    out = job.output_location(settings)
+    storage.put_json(out.bucket, manifest_key(out.key), {"job_id": job_id, "outputs": []})
+
+
+@pytest.fixture
+def sweep_settings(fleet_settings: Callable[..., Settings]) -> Settings:
+    return fleet_settings(with_engine=False)
+
+
+def test_sweep_enqueues_once_and_skips_finished(storage: Storage, sweep_settings: Settings) -> None:
+    s = sweep_settings
+    a = _drop(storage, s, "calls/a.wav")
+    _drop(storage, s, "calls/b b.mp3", b"ID3 not really")
+    _drop(storage, s, "calls/notes.txt")
+    storage.put_bytes(s.s3.inbox_bucket, "calls/sub/", b"")  # directory marker
+    done = _drop(storage, s, "calls/done.wav")
+    _manifest(storage, s, "calls/done.wav", done)
+    _drop(storage, s, "calls/replaced.wav", b"new bytes")
+    _manifest(storage, s, "calls/replaced.wav", "s3-an-older-version")
+    _drop(storage, s, "calls/empty.wav", b"")
+
+    first = Collect()
+    report = intake.sweep(s, storage, first)
+    assert first.keys == ["calls/a.wav", "calls/b b.mp3", "calls/empty.wav", "calls/replaced.wav"]
+    assert report.enqueued == 4 and report.done == 1 and report.errors == 0
+    assert report.skipped >= 1  # notes.txt (+ the marker if the server lists it)
+    assert sorted(report.job_ids) == sorted(str(j.job_id) for j in first.jobs)
+    job_a = next(j for j in first.jobs if j.audio.key == "calls/a.wav")
+    assert job_a.job_id == a and job_a.metadata["intake"] == "sweep"
+    assert job_a.output is not None and job_a.output.key == f"{s.s3.results_prefix}/calls/a.wav"
+
+    second = Collect()
+    again = intake.sweep(s, storage, second)
+    assert second.jobs == []
+    assert again.recent == 4 and again.done == 1 and again.enqueued == 0
+
+    # The same object announced by a bucket event is the same job (one id, one output prefix).
+    from_event = parse_notification(minio_body(s.s3.inbox_bucket, "calls%2Fa.wav", etag=storage.head(s.s3.inbox_bucket, "calls/a.wav").etag), s)
+    assert isinstance(from_event, list) and from_event[0].job_id == a and from_event[0].output == job_a.output
+    assert intake.job_ids_for_inbox_key(s, storage, "calls/a.wav") == [a]
+    assert intake.job_ids_for_inbox_key(s, storage, "calls/notes.txt") == []
+
+
+def test_sweep_re_enqueues_after_the_recent_window_then_gives_up(
+    storage: Storage, fleet_settings: Callable[..., Settings]
+) -> None:
+    s = fleet_settings(with_engine=False, intake={"sweep_recent_s": 0})
+    _drop(storage, s, "stuck.wav")
+    counts = []
+    for _ in range(intake.MAX_SWEEP_ENQUEUES + 2):
+        c = Collect()
+        report = intake.sweep(s, storage, c)
+        counts.append((report.enqueued, report.given_up))
+    assert counts == [(1, 0)] * intake.MAX_SWEEP_ENQUEUES + [(0, 1), (0, 1)]
+
+
+def test_sweep_publish_failure_leaves_no_marker(storage: Storage, sweep_settings: Settings) -> None:
+    s = sweep_settings
+    _drop(storage, s, "p.wav")
+    broken = Collect()
+    broken.fail = True
+    with pytest.raises(BrokerUnavailable):
+        intake.sweep(s, storage, broken)
+    ok = Collect()
+    assert intake.sweep(s, storage, ok).enqueued == 1
+    assert ok.keys == ["p.wav"]
+
+
+def test_concurrent_sweeps_enqueue_each_object_once(storage: Storage, sweep_settings: Settings) -> None:
+    s = sweep_settings
+    keys = [f"c/{i}.wav" for i in range(6)]
+    for key in keys:
+        _drop(storage, s, key, key.encode())
+    shared = Collect()
+    barrier = threading.Barrier(4)
+
+    def one(_: int) -> int:
+        barrier.wait()
+        return intake.sweep(s, storage, shared).enqueued
+
+    with ThreadPoolExecutor(4) as pool:
+        enqueued = sum(pool.map(one, range(4)))
+    assert enqueued == len(keys)
+    assert shared.keys == sorted(keys)
+
+
+def test_sweep_publishes_to_the_real_jobs_queue(storage: Storage, sweep_settings: Settings) -> None:
+    from funasr_fleet.client import Publisher
+
+    s = sweep_settings
+    job_id = _drop(storage, s, "q/real.wav")
+    with Publisher(s) as publisher:
+        report = intake.sweep(s, storage, publisher)
+    assert report.job_ids == [job_id]
+    conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
+    try:
+        ch = conn.channel()
+        method, props, body = ch.basic_get(s.amqp.jobs_queue, auto_ack=True)
+        assert method is not None
+        assert props.message_id == job_id and props.delivery_mode == 2 and props.timestamp
+        job = JobRequest.model_validate(json.loads(body))
+        assert job.job_id == job_id and job.audio.key == "q/real.wav"
+    finally:
+        conn.close()
