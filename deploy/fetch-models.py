@@ -15,6 +15,7 @@ Values that already are directories are kept; empty ones (punctuation or diariza
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -56,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     for key in KEYS:
         value = (getattr(engine, key) or "").strip()
         if not value or value.startswith(("/", ".", "~")):
-            lines.append(f'{key} = "{value}"')
+            lines.append(f"{key} = {json.dumps(value)}")
             continue
         model_id = hub_id(value, engine.hub)
         target = (args.dest / re.sub(r"[^A-Za-z0-9._+-]", "_", value)).resolve()
         print(f"fetch-models: {key}={value} -> {model_id} -> {target}", file=sys.stderr)
         download(model_id, target, engine.hub)
-        lines.append(f'{key} = "{target}"')
+        lines.append(f"{key} = {json.dumps(str(target))}")
     args.toml.parent.mkdir(parents=True, exist_ok=True)
     args.toml.write_text("\n".join(lines) + "\n")
     print(args.toml.read_text(), end="")
