@@ -221,3 +221,201 @@ def test_orphaned_children_exit_when_supervisor_is_killed(start) -> None:  # typ
     fleet.proc.send_signal(signal.SIGKILL)
     fleet.proc.wait(10)
     wait_for(lambda: not any(pid_alive(p) for p in pids), 10, what="children exit on their own")
+
+
+# --- the real consumer: RabbitMQ + SeaweedFS + tiny models -------------------------------------
+
+
+class JobBus:
+    """Publish job requests and collect their CloudEvents through the real broker."""
+
+    def __init__(self, settings, amqp_url: str) -> None:  # type: ignore[no-untyped-def]
+        import pika
+
+        from funasr_fleet import topology
+
+        self.settings = settings
+        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.ch = self.conn.channel()
+        self.ch.confirm_delivery()
+        topology.declare(self.ch, settings.amqp, settings.consumer)
+        self.events_queue = self.ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        self.ch.queue_bind(self.events_queue, settings.amqp.events_exchange, routing_key="job.#")
+        self.events: list[dict] = []  # type: ignore[type-arg]
+
+    def publish(self, job_id: str, bucket: str, key: str) -> None:
+        import pika
+
+        from funasr_fleet.jobs import JobRequest
+
+        body = JobRequest(job_id=job_id, audio=f"s3://{bucket}/{key}", formats=["json", "srt"]).to_body()
+        self.ch.basic_publish(
+            self.settings.amqp.jobs_exchange,
+            self.settings.amqp.jobs_routing_key,
+            body,
+            pika.BasicProperties(delivery_mode=2, content_type="application/json", timestamp=int(time.time())),
+        )
+
+    def pump(self) -> None:
+        import json
+
+        while True:
+            method, _props, body = self.ch.basic_get(self.events_queue, auto_ack=True)
+            if method is None:
+                return
+            self.events.append(json.loads(body))
+
+    def kinds(self, job_id: str) -> list[str]:
+        self.pump()
+        return [e["type"].rsplit(".", 1)[1] for e in self.events if e["data"]["job_id"] == job_id]
+
+    def wait_final(self, job_id: str, timeout: float) -> dict:  # type: ignore[type-arg]
+        def final() -> dict | None:  # type: ignore[type-arg]
+            self.pump()
+            for e in self.events:
+                if e["data"]["job_id"] == job_id and e["type"].rsplit(".", 1)[1] in ("succeeded", "failed"):
+                    return e
+            return None
+
+        return wait_for(final, timeout, interval=0.2, what=f"final event of {job_id}")
+
+    def queue_depth(self) -> int:
+        return int(self.ch.queue_declare(self.settings.amqp.jobs_queue, passive=True).method.message_count)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def real_fleet(fleet_settings, engine_env, amqp_url, storage, audio_dir, tmp_path, fleets):  # type: ignore[no-untyped-def]
+    """Start a supervisor over real consumers; yields (start, bus, upload)."""
+    from tests.fixtures.audio import synth_speech
+    from tests.fixtures.services import subprocess_env
+
+    settings = fleet_settings(with_engine=True)
+    bus = JobBus(settings, amqp_url)
+    bucket = settings.s3.inbox_bucket
+
+    def upload(name: str, seconds: float | None = None) -> str:
+        if seconds is None:
+            path = audio_dir / "dialogue.wav"
+        else:
+            path = tmp_path / f"{name}.wav"
+            if not path.exists():
+                synth_speech(path, seconds)
+        storage.upload_file(path, bucket, f"in/{name}.wav")
+        return f"in/{name}.wav"
+
+    def start_real(*args: str, **env: str) -> Fleet:
+        full = subprocess_env(settings)
+        full.update(FAST)
+        full.update(
+            {
+                "FLEET_SUPERVISOR__HEARTBEAT_TIMEOUT_S": "5",
+                "FLEET_SUPERVISOR__BOOT_TIMEOUT_S": "120",
+                "FLEET_LOG__LEVEL": "INFO",
+                "FLEET_SUPERVISOR__GRACE_PERIOD_S": "120",
+                "FLEET_CONSUMER__RESULT_REUSE": "false",  # same audio, real work every time
+            }
+        )
+        full.update(env)
+        fleet = Fleet(tmp_path, full, list(args), None)
+        fleets.append(fleet)
+        return fleet
+
+    yield start_real, bus, upload, settings
+    bus.close()
+
+
+def _busy_pid(fleet: Fleet, job_id: str) -> int | None:
+    for c in fleet.status().get("consumers", []):
+        if c["state"] == "busy" and c["job_id"] == job_id:
+            return int(c["pid"])
+    return None
+
+
+def _manifests(storage, settings, job_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    prefix = f"{settings.s3.results_prefix}/{job_id}/"
+    return [o.key for o in storage.list_objects(settings.s3.results_bucket, prefix) if o.key.endswith("manifest.json")]
+
+
+def test_real_fleet_jobs_kill_hang_metrics_and_drain(real_fleet, storage) -> None:  # type: ignore[no-untyped-def]
+    start_real, bus, upload, settings = real_fleet
+    short = upload("short")
+    long = upload("long", 120)
+    fleet = start_real("--consumers", "1", "--threads", "1")
+
+    # /readyz turns ready only after the model is loaded
+    wait_for(lambda: fleet.get("/healthz")[0] == 200, 30, what="healthz")
+    assert fleet.get("/readyz")[0] == 503
+    fleet.wait_ready(1, timeout=120)
+    assert fleet.get("/readyz")[0] == 200
+
+    # a job goes through; /metrics moves
+    bus.publish("sup-ok", settings.s3.inbox_bucket, short)
+    assert bus.wait_final("sup-ok", 120)["type"].endswith("succeeded")
+    wait_for(lambda: fleet.metric('fleet_jobs_total{error_code="none",status="succeeded"}') >= 1, 10, what="metrics")
+    assert fleet.metric("fleet_audio_seconds_total") > 0
+    assert fleet.metric("fleet_job_duration_seconds_count") >= 1
+    assert fleet.metric("fleet_queue_wait_seconds_count") >= 1
+
+    # SIGKILL mid-job: replaced; the redelivered job completes exactly once
+    bus.publish("sup-kill", settings.s3.inbox_bucket, long)
+    victim = wait_for(lambda: _busy_pid(fleet, "sup-kill"), 60, interval=0.05, what="busy consumer")
+    os.kill(victim, signal.SIGKILL)
+    final = bus.wait_final("sup-kill", 240)
+    assert final["type"].endswith("succeeded")
+    kinds = bus.kinds("sup-kill")
+    assert kinds.count("succeeded") == 1 and kinds.count("started") >= 2, kinds
+    assert len(_manifests(storage, settings, "sup-kill")) == 1
+    for uri in final["data"]["outputs"]:
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        assert storage.head(bucket, key).size > 0
+    assert fleet.metric('fleet_consumer_restarts_total{cause="oom_suspected"}') == 1
+
+    # SIGSTOP mid-job: detected as hung, killed, replaced; job completed
+    bus.publish("sup-hang", settings.s3.inbox_bucket, long)
+    victim = wait_for(lambda: _busy_pid(fleet, "sup-hang"), 120, interval=0.05, what="busy consumer")
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    wait_for(lambda: not pid_alive(victim), 30, what="hung consumer killed")
+    detected_s = time.monotonic() - t0
+    assert detected_s < 5 + 1 + 10, detected_s  # heartbeat timeout + abort grace + a loaded machine
+    assert bus.wait_final("sup-hang", 240)["type"].endswith("succeeded")
+    assert bus.kinds("sup-hang").count("succeeded") == 1
+    assert fleet.metric('fleet_consumer_restarts_total{cause="hung"}') == 1
+
+    # SIGTERM during a job: the job finishes and is acked, children exit, supervisor exits 0
+    fleet.wait_ready(1, timeout=120)
+    bus.publish("sup-drain", settings.s3.inbox_bucket, long)
+    worker = wait_for(lambda: _busy_pid(fleet, "sup-drain"), 60, interval=0.05, what="busy consumer")
+    fleet.proc.send_signal(signal.SIGTERM)
+    assert fleet.wait_exit(180) == 0
+    assert not pid_alive(worker)
+    assert bus.wait_final("sup-drain", 10)["type"].endswith("succeeded")
+    assert bus.queue_depth() == 0  # acked, not requeued
+
+
+def test_real_bad_model_path_halts_with_cause(real_fleet) -> None:  # type: ignore[no-untyped-def]
+    start_real, _bus, _upload, _settings = real_fleet
+    t0 = time.monotonic()
+    fleet = start_real("--consumers", "2", "--threads", "1", FLEET_ENGINE__MODEL="/nonexistent/asr-model",
+                       FLEET_SUPERVISOR__MAX_BOOT_FAILURES="2")
+    assert fleet.wait_exit(60) == exitcodes.BOOT_FAILURE
+    elapsed = time.monotonic() - t0
+    halt = [e for e in fleet.logs() if e.get("event", "").startswith("supervisor halting")]
+    assert halt, fleet.log_text()[-3000:]
+    assert "/nonexistent/asr-model" in halt[0]["event"] and "no such directory" in halt[0]["event"]
+    assert elapsed < 30, elapsed
+
+
+def test_real_consumers_exit_when_supervisor_is_killed(real_fleet) -> None:  # type: ignore[no-untyped-def]
+    start_real, _bus, _upload, _settings = real_fleet
+    fleet = start_real("--consumers", "1", "--threads", "1")
+    pids = fleet.wait_ready(1, timeout=120)
+    fleet.proc.send_signal(signal.SIGKILL)
+    fleet.proc.wait(10)
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 30, what="consumers exit on their own")
