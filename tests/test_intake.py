@@ -362,3 +362,50 @@ def test_sweep_publishes_to_the_real_jobs_queue(storage: Storage, sweep_settings
         assert job.job_id == job_id and job.audio.key == "q/real.wav"
     finally:
         conn.close()
+
+
+# --- end to end: the real consumer ------------------------------------------------------------------
+def test_bucket_drop_and_sweep_with_the_real_consumer(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    """A MinIO-format event → the real consumer → outputs + manifest; a drop whose event was lost → the sweep."""
+    from funasr_fleet.client import EventWatcher
+    from tests.test_consumer import consumer_thread
+
+    s = fleet_settings(
+        with_engine=True,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 0.5, "retry_max_attempts": 2},
+    )
+    wav = (audio_dir / "dialogue.wav").read_bytes()
+    announced = storage.put_bytes(s.s3.inbox_bucket, "drops/team call 1.wav", wav, content_type="audio/wav")
+    storage.put_bytes(s.s3.inbox_bucket, "drops/lost event.wav", wav[:-2000], content_type="audio/wav")
+    body = minio_body(s.s3.inbox_bucket, quote_plus("drops/team call 1.wav"), size=announced.size, etag=f'"{announced.etag}"')
+
+    with consumer_thread(s), EventWatcher(s) as watcher:
+        conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
+        try:  # what MinIO does: publish the notification to the jobs exchange under the intake key
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.basic_publish(s.amqp.jobs_exchange, s.amqp.intake_routing_key, json.dumps(body).encode(),
+                             pika.BasicProperties(content_type="application/json", delivery_mode=2), mandatory=True)  # fmt: skip
+        finally:
+            conn.close()
+        job_id = job_id_for_object(s.s3.inbox_bucket, "drops/team call 1.wav", announced.etag)
+        result = watcher.wait(job_id, timeout_s=150)
+        assert result.ok, (result.error_code, result.error_message)
+        prefix = f"{s.s3.results_prefix}/drops/team call 1.wav"
+        assert result.outputs[-1] == f"s3://{s.s3.results_bucket}/{prefix}/manifest.json"
+        manifest = storage.get_json(s.s3.results_bucket, f"{prefix}/manifest.json")
+        assert manifest is not None and manifest["job_id"] == job_id
+        assert [u.rsplit(".", 1)[1] for u in result.outputs[:-1]] == s.intake.formats
+
+        from funasr_fleet.client import Publisher
+
+        with Publisher(s) as publisher:
+            report = intake.sweep(s, storage, publisher)
+            assert report.done == 1 and report.enqueued == 1, report
+            lost = watcher.wait(report.job_ids[0], timeout_s=150)
+            assert lost.ok, (lost.error_code, lost.error_message)
+            assert storage.exists(s.s3.results_bucket, f"{s.s3.results_prefix}/drops/lost event.wav/manifest.json")
+            again = intake.sweep(s, storage, publisher)
+            assert again.done == 2 and again.enqueued == 0
