@@ -3,7 +3,9 @@
 Configured as a careful Celery deployment of this workload would be:
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a killed child's task is redelivered;
 - ``worker_prefetch_multiplier=1`` and ``-O fair``: one task per child at a time;
-- a quorum queue (as the fleet's jobs queue), JSON serializer, ``rpc://`` results;
+- a durable classic queue, JSON serializer, ``rpc://`` results. (A quorum queue, as the fleet's
+  jobs queue, makes Celery >= 5.5 declare its 28-queue native-delayed-delivery topology on the
+  vhost at every worker start; the peer keeps the shared broker clean instead.);
 - ONE model per child, loaded in ``worker_process_init`` (the parent never imports torch, so
   each forked child starts clean), with ``cores // concurrency`` threads, like the fleet.
 
@@ -41,9 +43,8 @@ app.conf.update(
     result_serializer="json",
     accept_content=["json"],
     task_default_queue=QUEUE,
-    task_queues=[Queue(QUEUE, routing_key=QUEUE, queue_arguments={"x-queue-type": "quorum"}, durable=True)],
+    task_queues=[Queue(QUEUE, routing_key=QUEUE, durable=True)],
     task_create_missing_queues=False,
-    worker_detect_quorum_queues=True,
     worker_proc_alive_timeout=600,  # model load happens in worker_process_init
     worker_hijack_root_logger=False,
     worker_disable_rate_limits=True,

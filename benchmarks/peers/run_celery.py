@@ -15,7 +15,7 @@ from benchmarks import common
 
 
 class CeleryWorker:
-    """``celery worker -P prefork -c N`` on a unique quorum queue; ready when every child loaded its model."""
+    """``celery worker -P prefork -c N`` on a unique classic queue; ready when every child loaded its model."""
 
     def __init__(self, settings: Any, concurrency: int, threads: int, workdir: Path) -> None:
         self.settings = settings
@@ -78,16 +78,19 @@ class CeleryWorker:
                 self.proc.wait(timeout=10)
         if self._log is not None:
             self._log.close()
-        _delete_queue(self.settings, self.queue)
+        _delete_entities(self.settings, self.queue)
 
 
-def _delete_queue(settings: Any, name: str) -> None:
+def _delete_entities(settings: Any, name: str) -> None:
+    """The worker's queue and the exchange Celery declared for it (the broker is shared)."""
     import pika
 
     try:
         conn = pika.BlockingConnection(pika.URLParameters(settings.amqp.url.get_secret_value()))
         try:
-            conn.channel().queue_delete(name)
+            ch = conn.channel()
+            ch.queue_delete(name)
+            ch.exchange_delete(name)
         finally:
             conn.close()
     except Exception:
@@ -103,7 +106,7 @@ def _app_for(worker: CeleryWorker) -> Any:
     app = celery_peer.app
     app.conf.broker_url = worker.env["PEER_BROKER_URL"]
     app.conf.task_default_queue = worker.queue
-    app.conf.task_queues = [Queue(worker.queue, routing_key=worker.queue, queue_arguments={"x-queue-type": "quorum"})]
+    app.conf.task_queues = [Queue(worker.queue, routing_key=worker.queue, durable=True)]
     return celery_peer.transcribe
 
 

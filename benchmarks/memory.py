@@ -1,0 +1,222 @@
+"""Memory per consumer (1, 2, 4 consumers), and an experiment: share model weights by forking.
+
+Part 1, the fleet as it is: ``supervise --consumers N`` starts N fresh interpreters. After every
+consumer has run jobs, read each consumer's RSS, PSS (shared pages split between the processes
+sharing them) and USS (private pages) from /proc/<pid>/smaps_rollup. RSS double-counts shared
+library pages, so the marginal cost of one more consumer is measured with PSS:
+``extra_consumer_rss_fraction = (ΣPSS(N=2) − ΣPSS(N=1)) / ΣPSS(N=1)``.
+
+Part 2, copy-on-write (NOT what the fleet does): a "zygote" process loads the Engine, runs one
+warm-up, then ``os.fork()``s children that transcribe with the inherited model. Measured: child
+USS/PSS, whether the children's outputs are byte-identical to the parent's, and whether a child
+hangs (a watchdog ``alarm``). Variants: ``gc.freeze()`` before fork; a parent that ran inference
+with 2 OpenMP threads before forking (the classic fork-after-OpenMP hazard).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks import common
+
+
+# --- part 1: the fleet -------------------------------------------------------------------------
+def fleet_memory(counts: list[int], jobs_per_consumer: int = 2) -> list[dict[str, Any]]:
+    src = common.clip(10)
+    work = common.workdir("fleet-bench-memory-")
+    s3 = common.S3(work).start()
+    rows = []
+    try:
+        key = s3.upload(src, "memory/clip10.wav")
+        for n in counts:
+            settings = common.bench_settings(s3, threads=1)
+            got: dict[str, Any] = {}
+
+            def read(fleet: common.Fleet) -> None:
+                got["consumers"] = [common.mem_mb(p) for p in fleet.ready_pids()]
+                got["supervisor"] = common.mem_mb(fleet.proc.pid) if fleet.proc else {}
+
+            common.run_fleet_batch(settings, s3, [key] * (n * jobs_per_consumer), n, 1, work, keep=read)
+            cons = got["consumers"]
+            rows.append({
+                "consumers": n,
+                "rss_mb_each": sum(c["rss_mb"] for c in cons) / len(cons),
+                "pss_mb_each": sum(c["pss_mb"] for c in cons) / len(cons),
+                "uss_mb_each": sum(c["uss_mb"] for c in cons) / len(cons),
+                "rss_mb_total": sum(c["rss_mb"] for c in cons),
+                "pss_mb_total": sum(c["pss_mb"] for c in cons),
+                "supervisor_rss_mb": got["supervisor"].get("rss_mb", float("nan")),
+            })  # fmt: skip
+            common.log(f"memory N={n}: RSS/consumer {rows[-1]['rss_mb_each']:.0f} MiB, "
+                       f"PSS/consumer {rows[-1]['pss_mb_each']:.0f} MiB")  # fmt: skip
+    finally:
+        s3.stop()
+        common.remove(work)
+    return rows
+
+
+# --- part 2: copy-on-write experiment (runs in a fresh interpreter) -------------------------------
+def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
+    import gc
+    import signal
+
+    from funasr_fleet.engine.threads import configure_threads
+
+    configure_threads(config["parent_threads"])
+    import torch
+
+    from funasr_fleet.engine.pipeline import Engine
+    engine = Engine(common.engine_settings(config["parent_threads"]))
+    clip = config["clip"]
+
+    def content(t: Any) -> str:  # what a job's outputs are made of (timings excluded)
+        return repr((t.sentences, t.turns, t.speakers, t.duration_ms))
+
+    ref = content(engine.transcribe(clip))
+    parent_before = common.mem_mb(os.getpid())
+    if config["gc_freeze"]:
+        gc.collect()
+        gc.freeze()
+    children: list[tuple[int, int, int]] = []  # pid, result fd, release fd
+    for _ in range(config["children"]):
+        r_res, w_res = os.pipe()
+        r_rel, w_rel = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(r_res)
+            os.close(w_rel)
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(99))  # a hang shows as exit 99
+            signal.alarm(int(config["watchdog_s"]))
+            torch.set_num_threads(config["child_threads"])
+            engine._owner = None  # the forked main thread is a "new" owner
+            walls, same = [], True
+            for _ in range(config["jobs"]):
+                t = engine.transcribe(clip)
+                walls.append(t.wall_s)
+                same = same and content(t) == ref
+            signal.alarm(0)
+            os.write(w_res, json.dumps({"identical": same, "wall_s": walls}).encode())
+            os.close(w_res)
+            os.read(r_rel, 1)  # stay alive until the parent measured us
+            os._exit(0)
+        os.close(w_res)
+        os.close(r_rel)
+        children.append((pid, r_res, w_rel))
+    results = []
+    for pid, r_res, _ in children:
+        raw = b""
+        while chunk := os.read(r_res, 65536):
+            raw += chunk
+        results.append(json.loads(raw) if raw else None)
+    mems = [common.mem_mb(pid) for pid, _, _ in children]
+    parent_after = common.mem_mb(os.getpid())
+    statuses = []
+    for pid, r_res, w_rel in children:
+        try:
+            os.write(w_rel, b"x")
+        except OSError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        statuses.append(os.waitstatus_to_exitcode(status))
+    ok = all(s == 0 for s in statuses) and all(r and r["identical"] for r in results)
+    return {
+        **{k: v for k, v in config.items() if k != "clip"},
+        "ok": ok,
+        "exit_codes": statuses,
+        "identical": [bool(r and r["identical"]) for r in results],
+        "child_wall_s": [r["wall_s"] for r in results if r],
+        "parent_pss_mb": parent_after["pss_mb"],
+        "parent_rss_before_fork_mb": parent_before["rss_mb"],
+        "child_rss_mb": [m["rss_mb"] for m in mems],
+        "child_pss_mb": [m["pss_mb"] for m in mems],
+        "child_uss_mb": [m["uss_mb"] for m in mems],
+        "total_pss_mb": parent_after["pss_mb"] + sum(m["pss_mb"] for m in mems if m["pss_mb"] == m["pss_mb"]),
+    }
+
+
+def cow_probe(config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+    code = "import json,sys; from benchmarks.memory import _cow_main; print('COW '+json.dumps(_cow_main(json.loads(sys.argv[1]))))"
+    env = common.clean_env(PYTHONPATH=str(common.REPO))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
+                              timeout=timeout, cwd=common.REPO, env=env)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {**{k: v for k, v in config.items() if k != "clip"}, "ok": False, "error": "timeout"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("COW "):
+            return json.loads(line[4:])
+    return {**{k: v for k, v in config.items() if k != "clip"}, "ok": False,
+            "error": f"exit {proc.returncode}: {proc.stderr[-500:]}"}  # fmt: skip
+
+
+def run(quick: bool = True) -> dict[str, Any]:
+    counts = [1, 2, 4]
+    rows = fleet_memory(counts)
+    by = {r["consumers"]: r for r in rows}
+    one, two = by[1], by[2]
+    clip = str(common.clip(10))
+    base = {"clip": clip, "children": 2, "jobs": 2 if quick else 5, "watchdog_s": 120}
+    variants = [
+        {**base, "parent_threads": 1, "child_threads": 1, "gc_freeze": False},
+        {**base, "parent_threads": 1, "child_threads": 1, "gc_freeze": True},
+        {**base, "parent_threads": 2, "child_threads": 1, "gc_freeze": True},
+    ]
+    cow = []
+    for v in variants:
+        t = time.monotonic()
+        res = cow_probe(v)
+        common.log(f"cow {v['parent_threads']}->{v['child_threads']} freeze={v['gc_freeze']}: ok={res.get('ok')} "
+                   f"({time.monotonic() - t:.0f}s)")  # fmt: skip
+        cow.append(res)
+    best = next((c for c in cow if c.get("ok") and c["parent_threads"] == 1 and c["gc_freeze"]), None)
+    result: dict[str, Any] = {
+        "rows": rows,
+        "rss_per_consumer_mb": one["rss_mb_each"],
+        "pss_per_consumer_mb": one["pss_mb_each"],
+        "extra_consumer_rss_fraction": (two["pss_mb_total"] - one["pss_mb_total"]) / one["pss_mb_total"],
+        "cow": cow,
+    }
+    if best is not None and best.get("child_uss_mb"):
+        # a forked child's own memory vs a fresh consumer's own memory
+        child_uss = sum(best["child_uss_mb"]) / len(best["child_uss_mb"])
+        result["cow_child_uss_mb"] = child_uss
+        result["cow_two_children_total_pss_mb"] = best["total_pss_mb"]
+        result["cow_saving_vs_two_consumers_mb"] = two["pss_mb_total"] - best["total_pss_mb"]
+    return result
+
+
+def tables(result: dict[str, Any]) -> str:
+    text = common.table(
+        "Memory per consumer (fresh interpreters, tiny models, after jobs ran)",
+        ["consumers", "RSS/consumer MiB", "PSS/consumer MiB", "USS/consumer MiB", "ΣPSS MiB", "supervisor RSS MiB"],
+        [(r["consumers"], r["rss_mb_each"], r["pss_mb_each"], r["uss_mb_each"], r["pss_mb_total"],
+          r["supervisor_rss_mb"]) for r in result["rows"]],  # fmt: skip
+    )
+    text += f"\nextra consumer / first consumer (PSS): **{result['extra_consumer_rss_fraction']:.2f}**\n\n"
+
+    def avg(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    text += common.table(
+        "Copy-on-write experiment: load the model once, fork 2 children",
+        ["parent threads → child", "gc.freeze", "ok (no hang, identical output)", "child USS MiB", "child PSS MiB",
+         "zygote+children ΣPSS MiB"],
+        [(f"{c['parent_threads']} → {c['child_threads']}", c["gc_freeze"], c.get("ok"),
+          avg(c.get("child_uss_mb", [])), avg(c.get("child_pss_mb", [])), c.get("total_pss_mb", float("nan")))
+         for c in result["cow"]],  # fmt: skip
+    )
+    if "cow_saving_vs_two_consumers_mb" in result:
+        text += (f"\n2 forked children (with zygote) vs 2 fresh consumers: saves "
+                 f"**{result['cow_saving_vs_two_consumers_mb']:.0f} MiB** ΣPSS\n")  # fmt: skip
+    return text
+
+
+if __name__ == "__main__":  # pragma: no cover
+    res = run(quick="--quick" in sys.argv)
+    print(tables(res))
+    print(json.dumps(res, indent=2, default=str))
