@@ -773,3 +773,15 @@ def test_gpu_overlay_differs_only_where_it_should() -> None:
     image = one(gpu, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith("-gpu")
     assert math.isclose(one(gpu, "ScaledObject")["spec"]["maxReplicaCount"], 4)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_topology_job(overlay: str) -> None:
+    docs = render(overlay)
+    job = next(d for d in by_kind(docs, "Job") if d["metadata"]["name"] == "funasr-fleet-topology")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["topology", "declare"]
+    check_cli(container["args"])
+    fleet = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == fleet["image"] and container["envFrom"] == fleet["envFrom"]
+    assert "ttlSecondsAfterFinished" in job["spec"], "a finished Job must go away so re-applying runs it again"
