@@ -15,6 +15,7 @@ Guarantees kept here:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from funasr_fleet.storage import Storage
 
 log = structlog.get_logger("funasr_fleet.consumer.handler")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as jobs.py: only a valid id names events
 
 _BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-exchange", "x-first-death-queue",
                    "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")  # fmt: skip
@@ -96,7 +98,7 @@ class JobHandler:
         try:
             data = _decode_body(delivery.body)
             att.metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-            if isinstance(data.get("job_id"), str):
+            if isinstance(data.get("job_id"), str) and _JOB_ID.match(data["job_id"]):
                 att.job_id = data["job_id"]
             if message_kind(data) == "s3-event":
                 self._fan_out(att, data, bridge)

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
@@ -65,8 +66,17 @@ def _boot_failed(hb: Heartbeat, message: str, code: int) -> int:
     return code
 
 
-def run_consumer(settings: Settings | None = None, *, max_jobs: int | None = None) -> int:
-    """Run one consumer in this process (main thread). ``max_jobs``: stop after that many (tests)."""
+def run_consumer(
+    settings: Settings | None = None,
+    *,
+    max_jobs: int | None = None,
+    on_loop: Callable[[ConsumerLoop], None] | None = None,
+    before_connect: Callable[[], None] | None = None,
+) -> int:
+    """Run one consumer in this process. ``max_jobs``: stop after that many; ``on_loop`` gets the
+    loop before boot (in-process tests stop it with ``loop.request_stop()``); ``before_connect``
+    runs after the model loaded, just before the broker connection (tests tune the broker there).
+    """
     from funasr_fleet.logs import setup_logging
 
     if settings is None:
@@ -89,6 +99,8 @@ def run_consumer(settings: Settings | None = None, *, max_jobs: int | None = Non
 
     loop = ConsumerLoop(settings, runner=_not_ready, on_timeout=_not_ready, heartbeat=hb, supervisor_pid=supervisor_pid)
     loop.max_jobs = max_jobs
+    if on_loop is not None:
+        on_loop(loop)
     on_main = threading.current_thread() is threading.main_thread()
     previous: dict[int, object] = {}
     if on_main:
@@ -114,6 +126,8 @@ def run_consumer(settings: Settings | None = None, *, max_jobs: int | None = Non
             storage = Storage(settings.s3)
             handler = JobHandler(settings, engine, storage, events.default_source(cid))
             loop.runner, loop.on_timeout = handler, handler.on_timeout
+            if before_connect is not None:
+                before_connect()
             loop.connect_for_boot()
         except ConfigError as exc:
             error = (exc.message, exitcodes.CONFIG)
