@@ -409,3 +409,25 @@ def test_bucket_drop_and_sweep_with_the_real_consumer(
             assert storage.exists(s.s3.results_bucket, f"{s.s3.results_prefix}/drops/lost event.wav/manifest.json")
             again = intake.sweep(s, storage, publisher)
             assert again.done == 2 and again.enqueued == 0
+
+
+def test_sweep_cli_once(storage: Storage, sweep_settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures.services import subprocess_env
+
+    s = sweep_settings
+    job_id = _drop(storage, s, "cli/one.wav")
+    run = subprocess.run(
+        [sys.executable, "-m", "funasr_fleet", "sweep", "--once"],
+        env=subprocess_env(s), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["enqueued"] == 1 and report["job_ids"] == [job_id]
+    again = subprocess.run(
+        [sys.executable, "-m", "funasr_fleet", "sweep", "--once"],
+        env=subprocess_env(s), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert json.loads(again.stdout.strip().splitlines()[-1])["recent"] == 1

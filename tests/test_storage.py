@@ -248,3 +248,25 @@ def test_conditional_put_and_upload_file(storage: Storage, make_bucket: Callable
     info = storage.upload_file(local, bucket, "in/clip.wav")
     assert info.size == 5004
     assert storage.get_bytes(bucket, "in/clip.wav") == local.read_bytes()
+
+
+def test_seaweed_detached_up_status_down(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FLEET_S3__ACCESS_KEY": "AKDETACHED", "FLEET_S3__SECRET_KEY": "detached-secret"}
+    cmd = [sys.executable, "-m", "funasr_fleet.seaweed"]
+    d = str(tmp_path / "s3")
+    try:
+        up = subprocess.run([*cmd, "up", "--dir", d], env=env, capture_output=True, text=True, timeout=60)
+        assert up.returncode == 0, up.stderr
+        url = up.stdout.strip()
+        assert url.startswith("http://127.0.0.1:")
+        status = subprocess.run([*cmd, "status", "--dir", d], capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and status.stdout.strip() == url  # survived its launcher
+        assert "detached-secret" not in (tmp_path / "s3" / "fleet-seaweed.json").read_text()
+    finally:
+        down = subprocess.run([*cmd, "down", "--dir", d], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    gone = subprocess.run([*cmd, "status", "--dir", d], capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1 and gone.stdout.strip() == "stopped"
