@@ -537,10 +537,6 @@ def one(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
     return found[0]
 
 
-def config_env(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
-    return dict(one(docs, "ConfigMap")["data"]) if by_kind(docs, "ConfigMap") else {}
-
-
 def fleet_configmap(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     found = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("funasr-fleet-config")]
     assert len(found) == 1
