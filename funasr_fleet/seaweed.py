@@ -101,6 +101,8 @@ class SeaweedServer:
         self.secret_key = secret_key
         self.host = host
         self.weed = weed or find_weed()
+        self._auto_ports = not ports  # picked by us: may be re-picked if another process grabs one first
+        self._started_once = False
         self.ports: dict[str, int] = dict(ports) if ports else dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), host)))
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None  # set also when adopted from a pidfile
@@ -165,6 +167,22 @@ class SeaweedServer:
         """Launch and wait until S3 answers. ``detach``: survive this interpreter (demo), write a state file."""
         if self.running:
             return self
+        # Ports we picked ourselves can be taken by another process before weed binds them:
+        # pick fresh ones and try again (never after a first start: restart() keeps the endpoint).
+        tries = 3 if self._auto_ports and not self._started_once else 1
+        for attempt in range(1, tries + 1):
+            try:
+                self._start_once(timeout_s=timeout_s, detach=detach)
+                self._started_once = True
+                return self
+            except SeaweedError as exc:
+                if attempt == tries:
+                    raise
+                log.warning("seaweed.retry_ports", error=str(exc))
+                self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), self.host)))
+        return self  # pragma: no cover
+
+    def _start_once(self, *, timeout_s: float, detach: bool) -> None:
         busy = [f"{f}={p}" for f, p in self.ports.items() if _port_busy(self.host, p)]
         if busy:
             raise SeaweedError(f"ports already in use: {', '.join(busy)}")
@@ -174,7 +192,7 @@ class SeaweedServer:
             self._proc = subprocess.Popen(
                 self.command(),
                 cwd=self.data_dir,
-                # Go puts its gRPC unix sockets in $TMPDIR: keep them in our dir, not /tmp.
+                # Go puts some gRPC unix sockets in $TMPDIR: keep what we can in our dir.
                 env={**os.environ, "TMPDIR": str(self.data_dir / "tmp")},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -194,7 +212,6 @@ class SeaweedServer:
             self.stop()
             raise
         log.info("seaweed.started", endpoint=self.endpoint_url, pid=self._pid, data_dir=str(self.data_dir))
-        return self
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -371,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     if not access or not secret:
         print("set FLEET_S3__ACCESS_KEY and FLEET_S3__SECRET_KEY", file=sys.stderr)
         return 78
-    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), args.host)))
+    ports: dict[str, int] | None = None
     if args.port:
+        ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), args.host)))
         ports["s3.port"] = args.port
     args.dir.mkdir(parents=True, exist_ok=True)
     server = SeaweedServer(args.dir, access_key=access, secret_key=secret, host=args.host, ports=ports)
