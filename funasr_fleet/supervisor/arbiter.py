@@ -297,11 +297,11 @@ class Arbiter:
                 metrics.MULTIPROC_ENV: str(self.run_dir / "metrics"),
             }
         )
-        # OpenMP/BLAS read these before torch starts; the engine sets torch's own count.
+        # OpenMP/BLAS read these at library load: the plan wins over inherited values (the
+        # engine's configure_threads sets the same from FLEET_ENGINE__THREADS).
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env.setdefault(name, threads)
-        if self.plan.oversubscribed:
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning threads stall oversubscribed peers
+            env[name] = threads
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning threads stall the other consumers
         return env
 
     def _spawn(self, slot: int) -> Child:
