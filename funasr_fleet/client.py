@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -44,6 +44,9 @@ from funasr_fleet.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+MAX_BUFFERED_JOBS = 10_000
+"""The watcher sees every job's events; it buffers those of at most this many jobs (oldest dropped)."""
+MAX_EVENTS_PER_JOB = 64
 WAIT_TIMEOUT_CODE = "wait_timeout"
 """``JobResult.error_code`` when :meth:`EventWatcher.wait` gave up (the job may still finish)."""
 APP_ID = "funasr-fleet-client"
@@ -179,8 +182,9 @@ class EventWatcher:
         self.settings = settings
         self._own = connection is None
         self._connection = connection or _connect(settings)
-        self._events: dict[str, deque[events.CloudEvent]] = {}
+        self._events: OrderedDict[str, deque[events.CloudEvent]] = OrderedDict()
         self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
         try:
             channel = self._connection.channel()
             channel.exchange_declare(settings.amqp.events_exchange, exchange_type="topic", durable=True)
@@ -211,13 +215,23 @@ class EventWatcher:
         if event.id in self._seen:
             return  # the same final event via topic and reply_to
         self._seen.add(event.id)
-        self._events.setdefault(event.subject, deque()).append(event)
+        self._seen_order.append(event.id)
+        if len(self._seen_order) > MAX_BUFFERED_JOBS * 4:
+            self._seen.discard(self._seen_order.popleft())
+        queue = self._events.get(event.subject)
+        if queue is None:
+            queue = self._events[event.subject] = deque(maxlen=MAX_EVENTS_PER_JOB)
+            while len(self._events) > MAX_BUFFERED_JOBS:  # a busy fleet: forget the oldest jobs
+                self._events.popitem(last=False)
+        queue.append(event)
 
     def poll(self, time_limit: float = 0.0) -> None:
         """Service the connection (heartbeats, deliveries) for up to ``time_limit`` seconds."""
+        if not self._connection.is_open:
+            raise BrokerUnavailable("the event connection is closed")
         try:
             self._connection.process_data_events(time_limit=time_limit)
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except (pika.exceptions.AMQPError, OSError, ValueError) as exc:  # ValueError: pika on a dead socket
             raise BrokerUnavailable(f"lost the broker while waiting: {type(exc).__name__}") from None
 
     def wait(
@@ -238,6 +252,8 @@ class EventWatcher:
         try:
             while True:
                 queue = self._events.get(job_id)
+                if queue is not None:
+                    self._events.move_to_end(job_id)  # the job we wait for is never the one evicted
                 while queue:
                     event = queue.popleft()
                     if bar is not None:
@@ -245,6 +261,7 @@ class EventWatcher:
                     if callback is not None:
                         callback(event)
                     if event.final:
+                        self._events.pop(job_id, None)
                         return _result_from_event(event)
                 if deadline is not None and time.monotonic() >= deadline:
                     return JobResult(
@@ -402,7 +419,26 @@ class Client:
         progress: bool | ProgressCallback = False,
         stream: TextIO | None = None,
     ) -> JobResult:
-        return self.watcher.wait(job_id, timeout_s, progress=progress, stream=stream)
+        """Wait for the final event. If the connection was lost meanwhile (e.g. missed heartbeats while
+        the caller was busy), reconnect once and fall back to the job's manifest for events missed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            return self.watcher.wait(job_id, timeout_s, progress=progress, stream=stream)
+        except BrokerUnavailable as exc:
+            log.warning("event connection lost; reconnecting", error=exc.message)
+        self.publisher.close()
+        self.watcher.close()
+        self.watcher = EventWatcher(self.settings)
+        self.publisher = Publisher(self.settings, connection=self.watcher.connection, declare=False)
+        location = self._outputs.get(job_id) or _default_output(self.settings, job_id)
+        done = _from_manifest(self.settings, job_id, location)
+        if done is not None:
+            return done
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        result = self.watcher.wait(job_id, remaining, progress=progress, stream=stream)
+        if result.status == "timeout":
+            return _from_manifest(self.settings, job_id, location) or result
+        return result
 
     def output_location(self, job_id: str) -> S3Location | None:
         return self._outputs.get(job_id)

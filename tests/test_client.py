@@ -151,6 +151,19 @@ def test_failed_job_and_wait_timeout(settings: Settings, stand_in: Callable[...,
         assert time.monotonic() - started < 15
 
 
+def test_wait_survives_a_lost_connection(settings: Settings, storage: Storage, stand_in: Callable[..., StandIn]) -> None:
+    stand_in(lambda job: "silent")  # the final event never comes: only the manifest can tell
+    with Client(settings) as fleet:
+        job_id = fleet.submit("s3://calls/lost.wav")
+        out = fleet.output_location(job_id)
+        assert out is not None
+        storage.put_json(out.bucket, f"{out.key}/{MANIFEST_NAME}", {"job_id": job_id, "outputs": ["s3://x/y"]})
+        fleet.watcher.connection.close()  # e.g. heartbeats missed while the caller was busy
+        result = fleet.wait(job_id, timeout_s=20)
+        assert result.ok and result.outputs == ["s3://x/y"]
+        assert fleet.wait(fleet.submit("s3://calls/next.wav"), timeout_s=1).status == "timeout"  # usable again
+
+
 def test_module_level_submit_and_wait_from_manifest(settings: Settings, storage: Storage) -> None:
     # A job finished before anyone waited: wait() answers from its manifest.
     job_id = client.submit(settings, "s3://calls/done.wav")
