@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -198,6 +199,11 @@ class SeaweedServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # Not detached: die with us even when we are SIGKILLed (atexit never runs then).
+                # PDEATHSIG fires when the spawning THREAD ends, so only from the main thread.
+                preexec_fn=_die_with_parent
+                if not detach and threading.current_thread() is threading.main_thread()
+                else None,
             )
         finally:
             out.close()
@@ -329,6 +335,16 @@ class SeaweedServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def _pid_alive(pid: int) -> bool:
