@@ -75,9 +75,17 @@ def worker(files: list[str], threads: int) -> dict[str, Any]:
         "load_s": engine.load_s,
         "warmup_s": warmup_s,
         "runs": runs,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "threads": threads,
     }
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM; ru_maxrss would carry the parent's peak over execve)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _spawn(files: list[Path], threads: int) -> subprocess.Popen[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -154,6 +155,21 @@ def test_identity_fingerprint(engine: Engine, engine_settings: EngineSettings, t
     assert other.identity.fingerprint != ident.fingerprint
 
 
+def test_fingerprint_follows_content_not_location(engine: Engine, engine_settings: EngineSettings,
+                                                  tiny_models_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_models_dir, moved)
+    update = {"model": str(moved / "asr"), "vad_model": str(moved / "vad"), "punc_model": str(moved / "punc"),
+              "spk_model": str(moved / "spk")}  # fmt: skip
+    same = Engine(engine_settings.model_copy(update=update))
+    assert same.identity.fingerprint == engine.identity.fingerprint
+    assert same.identity.asr == str(moved / "asr")
+    cfg = moved / "punc" / "config.yaml"
+    cfg.write_text(cfg.read_text() + "\n# changed\n")
+    changed = Engine(engine_settings.model_copy(update=update))
+    assert changed.identity.fingerprint != engine.identity.fingerprint
+
+
 def test_fingerprint_is_stable_across_processes(engine: Engine, engine_env: dict[str, str]) -> None:
     code = (
         "from funasr_fleet.settings import load_settings;from funasr_fleet.engine.pipeline import Engine;"
@@ -239,6 +255,14 @@ def test_turns_merge_one_speaker_while_the_gap_is_short() -> None:
     assert cjk[0].text == "你好。再见。"
 
 
+def test_noise_label_is_not_a_speaker() -> None:
+    from funasr_fleet.engine.pipeline import _absorb_noise_label, _relabel_speakers
+
+    s = [Sentence(0, 1, "a", -1), Sentence(2, 3, "b", 4), Sentence(4, 5, "c", -1), Sentence(6, 7, "d", 2)]
+    fixed = _relabel_speakers(_absorb_noise_label(s))
+    assert [x.speaker for x in fixed] == [0, 0, 0, 1]
+
+
 def test_warmup_does_not_bind_the_thread(engine_settings: EngineSettings, audio_dir: Path) -> None:
     e = Engine(engine_settings)
     assert e.warmup() > 0
@@ -271,7 +295,6 @@ def test_default_threads_are_the_usable_cores() -> None:
 @pytest.mark.slow
 def test_45_minutes_of_speech(engine: Engine, tmp_path: Path) -> None:
     """The long case: decode + transcribe 45 minutes; reports time and peak RSS."""
-    import resource
     import time
 
     from tests.fixtures.audio import synth_speech
@@ -280,7 +303,8 @@ def test_45_minutes_of_speech(engine: Engine, tmp_path: Path) -> None:
     start = time.perf_counter()
     t = engine.transcribe(path)
     wall = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status").read_text()
+    rss = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024
     assert t.duration_ms >= 45 * 60 * 1000 - 1000 and len(t.sentences) > 100
     assert_well_formed(t, diarized=True)
     print(json.dumps({"audio_s": t.duration_ms / 1000, "wall_s": round(wall, 1), "rtf": round(t.real_time_factor, 4),

@@ -127,8 +127,10 @@ class Engine:
         # fingerprint does not change with the GPU index a pod happens to get
         device = torch.device(str(self._model.kwargs.get("device") or "cpu")).type
         names = {stage: self._refs[key] or "" for key, stage in _STAGES}
+        # Content, not location: a model directory that moves (another mount, another pod) keeps
+        # its fingerprint; a hub name counts only when its files cannot be found.
         digest_input = {
-            "names": names,
+            "names": {stage: None if paths[stage] else names[stage] for stage in names},
             "files": {stage: directory_digest(p) if p else None for stage, p in paths.items()},
             "funasr": funasr.__version__,
             "device": device,
@@ -161,8 +163,7 @@ class Engine:
         start = time.perf_counter()
         rng = np.random.default_rng(0)
         noise = (rng.standard_normal(SAMPLE_RATE * 2) * 0.01).astype(np.float32)
-        self._generate(noise, TranscribeOptions(diarize=False))
-        self._owner = None  # warming up (e.g. on the main thread) does not bind the engine
+        self._generate(noise, TranscribeOptions(diarize=False))  # does not bind the engine to this thread
         return time.perf_counter() - start
 
     def transcribe(self, audio: AudioInput, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
@@ -259,7 +260,7 @@ class Engine:
                 )
             )
         sentences.sort(key=lambda s: (s.start_ms, s.end_ms))
-        return _relabel_speakers(sentences)
+        return _relabel_speakers(_absorb_noise_label(sentences))
 
 
 # --- helpers (pure; tested directly) ------------------------------------------------------------
@@ -406,6 +407,23 @@ def join_text(parts: list[str]) -> str:
         if out and (out[-1].isascii() or part[0].isascii()) and not part[0] in "，。？！、,.?!":
             out += " "
         out += part
+    return out
+
+
+def _absorb_noise_label(sentences: list[Sentence]) -> list[Sentence]:
+    """HDBSCAN (FunASR's clusterer past ~25 min of speech) labels outliers -1; that is not a
+    speaker. Such a sentence takes its neighbour's speaker (previous, else next)."""
+    if not any(s.speaker is not None and s.speaker < 0 for s in sentences):
+        return sentences
+    out = list(sentences)
+    last: int | None = None
+    for i, s in enumerate(out):
+        if s.speaker is not None and s.speaker < 0:
+            if last is None:
+                last = next((t.speaker for t in out[i:] if t.speaker is not None and t.speaker >= 0), 0)
+            out[i] = replace(s, speaker=last)
+        elif s.speaker is not None:
+            last = s.speaker
     return out
 
 
