@@ -11,6 +11,7 @@ one Engine per process (the fleet runs one consumer process per engine).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -232,7 +233,7 @@ class Engine:
             items = _sentences_from_tokens(raw, gap_ms=self.settings.max_end_silence_ms)
         # Per-token times: FunASR's sentence splitter can be off by one token at sentence edges, but
         # the whole-result text and timestamp lists line up; hand tokens to sentences by time.
-        all_tokens = _tokens(str(raw.get("text", "")), raw.get("timestamp") or [], duration_ms)
+        all_tokens = _TokenIndex(_tokens(str(raw.get("text", "")), raw.get("timestamp") or [], duration_ms))
         sentences: list[Sentence] = []
         for item in items or []:
             text = str(item.get("text", "")).strip()
@@ -256,7 +257,7 @@ class Engine:
                     text=text,
                     speaker=int(spk) if spk is not None else (0 if diarized else None),
                     tokens=_tokens(text, item.get("timestamp") or [], duration_ms)
-                    or tuple(t for t in all_tokens if start <= (t.start_ms + t.end_ms) // 2 < end),
+                    or all_tokens.between(start, end),
                 )
             )
         sentences.sort(key=lambda s: (s.start_ms, s.end_ms))
@@ -368,6 +369,23 @@ def _tokens(text: str, stamps: list[Any], duration_ms: int) -> tuple[Token, ...]
         s = _clamp(s, 0, duration_ms)
         out.append(Token(unit, s, _clamp(e, s, duration_ms)))
     return tuple(out)
+
+
+class _TokenIndex:
+    """Tokens sorted by midpoint; ``between`` is a binary search (hours of audio: 10^4+ tokens)."""
+
+    def __init__(self, tokens: tuple[Token, ...]) -> None:
+        self._tokens = sorted(tokens, key=_mid)
+        self._mids = [_mid(t) for t in self._tokens]
+
+    def between(self, start_ms: int, end_ms: int) -> tuple[Token, ...]:
+        lo = bisect.bisect_left(self._mids, start_ms)
+        hi = bisect.bisect_left(self._mids, end_ms, lo)
+        return tuple(self._tokens[lo:hi])
+
+
+def _mid(token: Token) -> int:
+    return (token.start_ms + token.end_ms) // 2
 
 
 def _sentences_from_tokens(raw: dict[str, Any], *, gap_ms: int) -> list[dict[str, Any]]:
