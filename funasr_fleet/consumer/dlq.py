@@ -1,0 +1,167 @@
+"""Inspect and replay the dead-letter queue without losing a message.
+
+Listing takes messages with ``basic_get`` WITHOUT acking them and closes the channel at the end:
+the broker puts every one of them back. Replaying publishes a copy to the jobs exchange on a
+confirm-mode channel and acks the dead letter only after the broker confirmed the copy; a
+replayed job starts again at attempt 1 (the retry headers and the death history are dropped).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pydantic import BaseModel
+
+from funasr_fleet import topology
+from funasr_fleet.settings import Settings
+
+REPLAYED_HEADER = "x-fleet-replayed"
+_DROP_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-delivery-count",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        topology.ATTEMPT_HEADER,
+        topology.RETRY_REASON_HEADER,
+    }
+)
+
+
+class DeadLetter(BaseModel):
+    """One dead-lettered message, summarised for people and scripts."""
+
+    job_id: str | None
+    message_id: str | None
+    reason: str | None  # rejected (failed job), delivery_limit (poison), expired, maxlen
+    queue: str | None
+    deaths: int
+    attempt: int | None
+    last_error: str | None
+    audio: str | None
+    size: int
+    died_at: str | None
+
+
+def _summary(props: pika.BasicProperties, body: bytes) -> DeadLetter:
+    headers: dict[str, Any] = dict(props.headers or {})
+    deaths = headers.get("x-death") or []
+    first = deaths[0] if deaths else {}
+    job_id: str | None = None
+    audio: str | None = None
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict):
+            job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
+            a = data.get("audio")
+            audio = a if isinstance(a, str) else (f"s3://{a.get('bucket')}/{a.get('key')}" if isinstance(a, dict) else None)
+    except ValueError:
+        pass
+    died = first.get("time")
+    return DeadLetter(
+        job_id=job_id or props.message_id,
+        message_id=props.message_id,
+        reason=_text(first.get("reason")),
+        queue=_text(first.get("queue")),
+        deaths=int(sum(int(d.get("count", 1)) for d in deaths)) if deaths else 0,
+        attempt=int(headers[topology.ATTEMPT_HEADER]) if topology.ATTEMPT_HEADER in headers else None,
+        last_error=_text(headers.get(topology.RETRY_REASON_HEADER)),
+        audio=audio,
+        size=len(body),
+        died_at=died.isoformat() if hasattr(died, "isoformat") else (str(died) if died else None),
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@contextmanager
+def _channel(settings: Settings) -> Iterator[BlockingChannel]:
+    params = pika.URLParameters(settings.amqp.url.get_secret_value())
+    params.socket_timeout = settings.amqp.connect_timeout_s
+    params.connection_attempts = 1
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        yield ch
+    finally:
+        if conn.is_open:
+            conn.close()  # unacked gets go back to the queue
+
+
+def _matches(summary: DeadLetter, job_id: str | None) -> bool:
+    return job_id is None or summary.job_id == job_id or summary.message_id == job_id
+
+
+def _walk(ch: BlockingChannel, queue: str) -> Iterator[tuple[int, pika.BasicProperties, bytes]]:
+    """Every message present now, each once (held unacked so basic_get moves on)."""
+    total = int(ch.queue_declare(queue, passive=True).method.message_count)
+    for _ in range(total):
+        method, props, body = ch.basic_get(queue, auto_ack=False)
+        if method is None:
+            return
+        yield method.delivery_tag, props, body
+
+
+def list_dead(settings: Settings, *, limit: int | None = None, job_id: str | None = None) -> list[DeadLetter]:
+    """Dead letters (oldest first), filtered by job id; the queue is left exactly as it was."""
+    out: list[DeadLetter] = []
+    with _channel(settings) as ch:
+        last = 0
+        for tag, props, body in _walk(ch, settings.amqp.dead_letter_queue):
+            last = tag
+            summary = _summary(props, body)
+            if _matches(summary, job_id):
+                out.append(summary)
+                if limit is not None and len(out) >= limit:
+                    break
+        _give_back(ch, last)
+    return out
+
+
+def _give_back(ch: BlockingChannel, last_tag: int) -> None:
+    """Return every message still held (explicit, so it does not wait for the channel close)."""
+    if last_tag:
+        ch.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
+
+
+def replay(settings: Settings, *, limit: int | None = None, job_id: str | None = None) -> list[DeadLetter]:
+    """Re-publish matching dead letters as fresh jobs; each is acked only after its copy is confirmed."""
+    done: list[DeadLetter] = []
+    a = settings.amqp
+    with _channel(settings) as ch:
+        for tag, props, body in _walk(ch, a.dead_letter_queue):
+            summary = _summary(props, body)
+            if not _matches(summary, job_id):
+                continue
+            headers = {k: v for k, v in (props.headers or {}).items() if k not in _DROP_HEADERS}
+            headers[REPLAYED_HEADER] = int(headers.get(REPLAYED_HEADER, 0)) + 1
+            copy = pika.BasicProperties(
+                content_type=props.content_type or "application/json",
+                delivery_mode=2,
+                message_id=props.message_id,
+                correlation_id=props.correlation_id,
+                reply_to=props.reply_to,
+                timestamp=props.timestamp,
+                headers=headers,
+            )
+            ch.basic_publish(a.jobs_exchange, a.jobs_routing_key, body, copy, mandatory=True)  # raises unless confirmed
+            ch.basic_ack(tag)
+            done.append(summary)
+            if limit is not None and len(done) >= limit:
+                break
+        # non-matching messages held by _walk go back when the channel closes
+    return done
