@@ -16,6 +16,8 @@ A complete directory (same ``VERSION`` stamp) is reused, so calling this again i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,17 +98,32 @@ def build_tiny_models(root: Path | str, *, wheel_cache: Path | None = None, forc
             _build_punc(tmp / "punc")
             _build_spk(tmp / "spk")
         (tmp / STAMP).write_text(json.dumps({"version": VERSION, "seed": SEED}) + "\n")
-        if is_complete(models.root):  # someone else finished first
-            return models
-        if models.root.exists():
-            shutil.rmtree(models.root)
-        # Stage directories (not the root) move, so a root the caller created (e.g. a mount) is kept.
-        models.root.mkdir(exist_ok=True)
-        for item in [*STAGES, STAMP]:
-            os.replace(tmp / item, models.root / item)
+        with _install_lock(models.root):
+            if not force and is_complete(models.root):  # another builder finished first
+                return models
+            # Stage directories (not the root) move, so a root the caller made (e.g. a mount) stays.
+            models.root.mkdir(exist_ok=True)
+            (models.root / STAMP).unlink(missing_ok=True)  # incomplete while the stages are swapped
+            for stage in STAGES:
+                if (models.root / stage).exists():
+                    shutil.rmtree(models.root / stage)
+                os.replace(tmp / stage, models.root / stage)
+            os.replace(tmp / STAMP, models.root / STAMP)  # last: marks the set complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return models
+
+
+@contextlib.contextmanager
+def _install_lock(root: Path) -> Iterator[None]:
+    """Serialise concurrent builders (parallel test workers, make + pytest) on one target."""
+    lock = root.parent / f".{root.name}.lock"
+    with lock.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --- writers -----------------------------------------------------------------------------------
@@ -149,8 +167,6 @@ def _write_cmvn(path: Path, dim: int) -> None:
 
 def _instantiate(config: dict[str, Any], **extra: Any) -> Any:
     """Build the model the way FunASR's AutoModel.build_model does (registry + conf merge)."""
-    import torch
-
     from funasr_fleet.engine.pipeline import import_funasr
 
     import_funasr()  # registers FunASR's classes; its import-time print goes to stderr
@@ -160,7 +176,7 @@ def _instantiate(config: dict[str, Any], **extra: Any) -> Any:
     conf: dict[str, Any] = {**config.get("model_conf", {}), **config, **extra}
     model = cls(**conf)
     model.eval()
-    return model, torch
+    return model
 
 
 # --- the four models ---------------------------------------------------------------------------
@@ -239,7 +255,7 @@ def _build_asr(path: Path) -> None:
     import torch
 
     torch.manual_seed(SEED)
-    model, _ = _instantiate(config, input_size=80 * 7, vocab_size=len(tokens))
+    model = _instantiate(config, input_size=80 * 7, vocab_size=len(tokens))
     with torch.no_grad():
         # Random CIF weights fire almost never or on every frame; a negative bias gives roughly
         # a few tokens per second, like speech.
@@ -293,7 +309,7 @@ def _build_punc(path: Path) -> None:
     import torch
 
     torch.manual_seed(SEED + 1)
-    model, _ = _instantiate(config, vocab_size=len(tokens))
+    model = _instantiate(config, vocab_size=len(tokens))
     with torch.no_grad():
         # Mostly "_" (no punctuation), sometimes "，" or "。": sentences of a plausible length
         # (a sentence end every ~6 tokens, measured). The decoder takes the argmax, so the
@@ -317,7 +333,7 @@ def _build_spk(path: Path) -> None:
     import torch
 
     torch.manual_seed(SEED + 2)
-    model, _ = _instantiate(config)
+    model = _instantiate(config)
     _write_dir(path, config, model.state_dict(), {})
 
 
