@@ -389,3 +389,37 @@ def test_bad_inputs_fail_with_stable_codes_and_dead_letter(
     assert {p.message_id for p, _ in dead} == {cid for cid, _, _ in cases}
     assert all(p.headers["x-death"][0]["reason"] == "rejected" for p, _ in dead)
     assert broker.count(s.amqp.jobs_queue) == 0
+
+
+def test_bucket_notification_becomes_jobs(
+    consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage, audio_dir: Path
+) -> None:
+    from funasr_fleet import intake
+
+    s = consumer_settings()
+    broker = broker_for(s)
+    key = "drops/meeting one.wav"
+    info = storage.put_bytes(s.s3.inbox_bucket, key, (audio_dir / "dialogue.wav").read_bytes())
+
+    def record(k: str, etag: str) -> dict[str, Any]:
+        return {
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {"bucket": {"name": s.s3.inbox_bucket}, "object": {"key": k.replace(" ", "+"), "size": 1, "eTag": etag}},
+        }
+
+    note = {"EventName": "s3:ObjectCreated:Put", "Key": f"{s.s3.inbox_bucket}/{key}",
+            "Records": [record(key, info.etag), record("drops/notes.txt", "abc")]}  # fmt: skip
+    jobs = intake.parse_notification(note, s)
+    assert isinstance(jobs, list) and len(jobs) == 1
+    job_id = str(jobs[0].job_id)
+    ignored = {"Records": [record("drops/readme.txt", "def")]}
+    with consumer_thread(s):
+        broker.publish(ignored, routing_key=s.amqp.intake_routing_key, message_id="ignored-note")
+        broker.publish(note, routing_key=s.amqp.intake_routing_key, message_id="note-1")
+        final = broker.final(job_id)
+    assert final.kind == "succeeded", final.data.error
+    assert final.data.metadata.get("intake") == "s3-event"
+    assert final.data.input == f"s3://{s.s3.inbox_bucket}/{key}"
+    assert not broker.of("ignored-note") and not broker.of("note-1")  # notifications themselves emit nothing
+    assert broker.count(s.amqp.dead_letter_queue) == 0
+    assert broker.count(s.amqp.jobs_queue) == 0
