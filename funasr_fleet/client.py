@@ -142,20 +142,36 @@ class Publisher:
             app_id=APP_ID,
         )
         amqp = self.settings.amqp
-        try:
-            channel = self._ensure()
-            channel.basic_publish(amqp.jobs_exchange, amqp.jobs_routing_key, job.to_body(), props, mandatory=True)
-        except pika.exceptions.UnroutableError:
-            raise BrokerUnavailable(
-                f"job {job.job_id} was not routed to a queue (exchange {amqp.jobs_exchange!r}, key {amqp.jobs_routing_key!r})"
-            ) from None
-        except pika.exceptions.NackError:
-            raise BrokerUnavailable(f"the broker refused job {job.job_id} (queue full or unavailable)") from None
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            self._channel = None
-            raise BrokerUnavailable(f"publishing job {job.job_id} failed: {type(exc).__name__}") from None
+        body = job.to_body()
+        for attempt in (1, 2):
+            try:
+                channel = self._ensure()
+                channel.basic_publish(amqp.jobs_exchange, amqp.jobs_routing_key, body, props, mandatory=True)
+                break
+            except pika.exceptions.UnroutableError:
+                raise BrokerUnavailable(
+                    f"job {job.job_id} was not routed to a queue (exchange {amqp.jobs_exchange!r}, key {amqp.jobs_routing_key!r})"
+                ) from None
+            except pika.exceptions.NackError:
+                raise BrokerUnavailable(f"the broker refused job {job.job_id} (queue full or unavailable)") from None
+            except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
+                self._channel = None
+                # An idle connection may have been dropped (missed heartbeats): one fresh try. A
+                # duplicate, if the first publish did land, is the same job id (idempotent).
+                if attempt == 1 and self._own and not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+                    self._drop_connection()
+                    continue
+                raise BrokerUnavailable(f"publishing job {job.job_id} failed: {type(exc).__name__}") from None
         log.info("job published", job_id=job.job_id, audio=job.audio.uri)
         return str(job.job_id)
+
+    def _drop_connection(self) -> None:
+        try:
+            if self._connection is not None and self._connection.is_open:
+                self._connection.close()
+        except Exception:  # noqa: BLE001 - it is already broken
+            pass
+        self._connection = None
 
     __call__ = publish
 

@@ -164,6 +164,24 @@ def test_wait_survives_a_lost_connection(settings: Settings, storage: Storage, s
         assert fleet.wait(fleet.submit("s3://calls/next.wav"), timeout_s=1).status == "timeout"  # usable again
 
 
+def test_publisher_recovers_from_a_dropped_connection(settings: Settings, stand_in: Callable[..., StandIn]) -> None:
+    import socket
+
+    worker = stand_in()
+    with client.Publisher(settings) as publisher:
+        publisher(client.build_job("s3://calls/one.wav"))
+        try:  # what a broker does to a connection that missed its heartbeats
+            sock = publisher._connection._impl._transport._sock  # type: ignore[union-attr]
+        except AttributeError:
+            pytest.skip("pika internals changed")
+        sock.shutdown(socket.SHUT_RDWR)
+        publisher(client.build_job("s3://calls/two.wav"))
+    deadline = time.monotonic() + 20
+    while len(worker.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(job.audio.key for _, job in worker.received) == ["one.wav", "two.wav"]
+
+
 def test_module_level_submit_and_wait_from_manifest(settings: Settings, storage: Storage) -> None:
     # A job finished before anyone waited: wait() answers from its manifest.
     job_id = client.submit(settings, "s3://calls/done.wav")

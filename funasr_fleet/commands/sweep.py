@@ -50,25 +50,21 @@ def run(args: argparse.Namespace) -> int:
     if not args.once:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-    publisher = Publisher(settings)
-    try:
-        while True:
-            try:
+    while True:
+        # A fresh connection per round: an idle one would miss heartbeats between rounds.
+        try:
+            with Publisher(settings) as publisher:
                 report = intake.sweep(settings, storage, publisher, min_age_s=args.min_age)
-            except ConfigError:
-                raise
-            except FleetError as exc:
-                log.error("sweep failed", code=exc.code, error=exc.message)
-                publisher.close()
-                publisher = Publisher(settings)
-                if args.once:
-                    return EXIT_UNAVAILABLE if not exc.permanent else 1
-            else:
-                print(json.dumps(report.as_dict()), flush=True)
-                log.info("sweep done", **{k: v for k, v in report.as_dict().items() if k != "job_ids"})
-                if args.once:
-                    return 0
-            if stop.wait(interval):
+        except ConfigError:
+            raise
+        except FleetError as exc:
+            log.error("sweep failed", code=exc.code, error=exc.message)
+            if args.once:
+                return EXIT_UNAVAILABLE if not exc.permanent else 1
+        else:
+            print(json.dumps(report.as_dict()), flush=True)
+            log.info("sweep done", **{k: v for k, v in report.as_dict().items() if k != "job_ids"})
+            if args.once:
                 return 0
-    finally:
-        publisher.close()
+        if stop.wait(interval):
+            return 0
