@@ -6,8 +6,6 @@ import argparse
 import os
 import sys
 
-from funasr_fleet import exitcodes
-
 HELP = "run one consumer in the foreground: take jobs from RabbitMQ, transcribe, upload, publish events"
 
 
@@ -21,9 +19,8 @@ def run(args: argparse.Namespace) -> int:
     from funasr_fleet.consumer.main import run_consumer
 
     code = run_consumer(max_jobs=args.max_jobs)
-    if code in (exitcodes.JOB_TIMEOUT, exitcodes.ORPHANED):
-        # The worker thread may be stuck inside the model call: do not wait for it at shutdown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    # Everything is settled and the connection closed. After a deadline, an orphaning or a second
+    # signal the worker thread may still be inside the model call: exit without waiting for it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

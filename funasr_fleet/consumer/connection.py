@@ -328,8 +328,11 @@ class ConsumerLoop:
                     except Exception as exc:  # noqa: BLE001 - the broker requeues on close anyway
                         log.warning("requeue failed", error=repr(exc))
                 return exitcodes.OK
-        elif slot is None and self.consume_ch is not None and self.consumer_tag is None and self.conn is not None:
-            self._start_consuming()  # after a channel loss, resume only once idle
+        elif slot is None and self.consumer_tag is None and self.consume_ch is not None and self.consume_ch.is_open:
+            try:
+                self._start_consuming()  # after a channel loss, resume only once idle
+            except _AMQP_ERRORS as exc:
+                log.warning("could not resume consuming", error=repr(exc))
         return None
 
     def _sleep_beating(self, seconds: float) -> None:

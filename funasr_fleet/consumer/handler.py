@@ -257,10 +257,11 @@ class JobHandler:
         return True
 
     def _succeed(self, att: Attempt, bridge: Bridge, data: events.EventData, *, delete_source: bool, status: str = "succeeded") -> None:
+        self._check_cancelled(att)
+        event = events.succeeded(data, self.source)
+        self._publish_final(att, bridge, event)  # failure → transient → retry; the manifest answers it
         if not att.slot.claim_final():
             raise JobCancelled("the loop settled this delivery already")
-        event = events.succeeded(data, self.source)
-        self._publish_final(att, bridge, event)
         if delete_source and att.job is not None:
             try:
                 self.storage.delete(att.job.audio.bucket, att.job.audio.key)
