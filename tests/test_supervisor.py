@@ -211,8 +211,8 @@ def test_sighup_rolls_consumers_one_at_a_time(start, tmp_path: Path) -> None:  #
         raise AssertionError(f"rolling restart did not finish: {fleet.status()}")
     assert min_ready >= 1  # never without a ready consumer
     assert fleet.metric('fleet_consumer_restarts_total{cause="rolling"}') == 2
-    assert all(not pid_alive(p) for p in old)
-    assert "rolling restart finished" in fleet.log_text()
+    wait_for(lambda: not any(pid_alive(p) for p in old), 10, what="old consumers drained")
+    wait_for(lambda: "rolling restart finished" in fleet.log_text(), 10, what="roll finished")
 
 
 def test_orphaned_children_exit_when_supervisor_is_killed(start) -> None:  # type: ignore[no-untyped-def]
@@ -337,6 +337,11 @@ def _busy_pid(fleet: Fleet, job_id: str) -> int | None:
     return None
 
 
+def _started_busy(fleet: Fleet, bus: JobBus, job_id: str) -> int | None:
+    """The consumer working on ``job_id`` once its job.started event is out (so a kill is mid-job)."""
+    return _busy_pid(fleet, job_id) if "started" in bus.kinds(job_id) else None
+
+
 def _manifests(storage, settings, job_id: str) -> list[str]:  # type: ignore[no-untyped-def]
     prefix = f"{settings.s3.results_prefix}/{job_id}/"
     return [o.key for o in storage.list_objects(settings.s3.results_bucket, prefix) if o.key.endswith("manifest.json")]
@@ -364,7 +369,7 @@ def test_real_fleet_jobs_kill_hang_metrics_and_drain(real_fleet, storage) -> Non
 
     # SIGKILL mid-job: replaced; the redelivered job completes exactly once
     bus.publish("sup-kill", settings.s3.inbox_bucket, long)
-    victim = wait_for(lambda: _busy_pid(fleet, "sup-kill"), 60, interval=0.05, what="busy consumer")
+    victim = wait_for(lambda: _started_busy(fleet, bus, "sup-kill"), 60, interval=0.05, what="busy consumer")
     os.kill(victim, signal.SIGKILL)
     final = bus.wait_final("sup-kill", 240)
     assert final["type"].endswith("succeeded")
@@ -378,7 +383,7 @@ def test_real_fleet_jobs_kill_hang_metrics_and_drain(real_fleet, storage) -> Non
 
     # SIGSTOP mid-job: detected as hung, killed, replaced; job completed
     bus.publish("sup-hang", settings.s3.inbox_bucket, long)
-    victim = wait_for(lambda: _busy_pid(fleet, "sup-hang"), 120, interval=0.05, what="busy consumer")
+    victim = wait_for(lambda: _started_busy(fleet, bus, "sup-hang"), 120, interval=0.05, what="busy consumer")
     t0 = time.monotonic()
     os.kill(victim, signal.SIGSTOP)
     wait_for(lambda: not pid_alive(victim), 30, what="hung consumer killed")

@@ -43,6 +43,9 @@ def death(cause: Cause, *, exit_code: int | None = 1, sig: int | None = None, re
         (exited(exitcodes.JOB_TIMEOUT), True, False, False, Cause.DEADLINE),
         (exited(exitcodes.ORPHANED), True, False, False, Cause.ORPHANED),
         (exited(0), True, False, False, Cause.CLEAN),
+        (exited(0), False, False, False, Cause.BOOT_FAILURE),  # gone before ready: no tight restart loop
+        (exited(exitcodes.ORPHANED), False, False, False, Cause.BOOT_FAILURE),
+        (exited(0), False, True, False, Cause.STOPPED),  # asked to stop while booting
         (exited(0), True, True, False, Cause.STOPPED),
         (killed(signal.SIGKILL), True, True, False, Cause.STOPPED),  # grace period ran out
         (killed(signal.SIGTERM), True, True, False, Cause.STOPPED),

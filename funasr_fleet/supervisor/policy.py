@@ -98,6 +98,10 @@ def _cause(exit_code: int | None, sig: int | None, was_ready: bool, stop_request
         return Cause.HUNG if was_ready else Cause.BOOT_FAILURE
     if stop_requested and (exit_code == exitcodes.OK or sig in (signal.SIGTERM, signal.SIGKILL)):
         return Cause.STOPPED
+    if not was_ready and exit_code in (exitcodes.OK, exitcodes.ORPHANED):
+        # Never ready yet gone "cleanly": e.g. a --consumer-command wrapper that forks, so the
+        # consumer's parent is not the supervisor. Count it, or it would restart in a tight loop.
+        return Cause.BOOT_FAILURE
     if exit_code == exitcodes.JOB_TIMEOUT:
         return Cause.DEADLINE
     if exit_code == exitcodes.ORPHANED:
