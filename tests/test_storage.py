@@ -272,3 +272,28 @@ def test_seaweed_detached_up_status_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     gone = subprocess.run([*cmd, "status", "--dir", d], capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and gone.stdout.strip() == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected", "permanent"),
+    [
+        (500, "InternalError", "storage_unavailable", False),
+        (503, "SlowDown", "storage_unavailable", False),
+        (503, "ServiceUnavailable", "storage_unavailable", False),
+        (400, "RequestTimeout", "storage_unavailable", False),
+        (404, "NoSuchKey", "object_not_found", True),
+        (404, "NoSuchBucket", "object_not_found", True),
+        (403, "AccessDenied", "storage_access_denied", True),
+        (403, "SignatureDoesNotMatch", "storage_access_denied", True),
+        (400, "InvalidArgument", "storage_request_failed", True),
+    ],
+)
+def test_error_mapping_table(status: int, code: str, expected: str, permanent: bool) -> None:
+    """The mapping for answers a healthy test server never gives (5xx, throttling)."""
+    from botocore.exceptions import ClientError
+
+    from funasr_fleet.storage import translate
+
+    exc = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    mapped = translate(exc, op="get", bucket="b", key="k")
+    assert (mapped.code, mapped.permanent) == (expected, permanent)
