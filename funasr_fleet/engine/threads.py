@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import usable_cores
 
 _ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -30,6 +31,11 @@ def configure_threads(n: int | None = None) -> int:
     torch's intra-op and inter-op counts. Safe to call again with the same value.
     """
     threads = resolve_threads(n)
+    if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS") != str(threads):
+        # OpenMP has read its settings already; only torch.set_num_threads below still applies
+        get_logger(__name__).warning(
+            "threads.configured_after_torch_import", threads=threads, omp_num_threads=os.environ.get("OMP_NUM_THREADS")
+        )
     for key in _ENV_KEYS:
         os.environ[key] = str(threads)
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # no spin-waiting: idle threads must not steal cores
@@ -44,8 +50,3 @@ def configure_threads(n: int | None = None) -> int:
     except RuntimeError:
         pass  # already set, or parallel work has started: only allowed once per process
     return threads
-
-
-def torch_was_imported_first() -> bool:
-    """True if torch was imported before ``configure_threads`` could set the environment."""
-    return "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE"
