@@ -141,7 +141,8 @@ def decode(
         stream.thread_type = "AUTO"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         limit = None if max_audio_s is None else int((max_audio_s + 0.5) * SAMPLE_RATE)
-        buf = _Buffer(int((info.duration_s or 60.0) * SAMPLE_RATE * 1.02) + SAMPLE_RATE)
+        # sized from the metadata (capped: a header may lie), grown geometrically past that
+        buf = _Buffer(int(min(info.duration_s or 60.0, 3600.0) * SAMPLE_RATE * 1.02) + SAMPLE_RATE)
         errors = 0
         packets = container.demux(stream)
         while True:
