@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     formats: list[str] = args.formats or list(settings.outputs.default_formats)
 
     from funasr_fleet.engine.transcript import TranscribeOptions
-    from funasr_fleet.errors import FleetError, ModelLoadError
+    from funasr_fleet.errors import ModelLoadError
 
     options = TranscribeOptions(
         hotwords=tuple(h.strip() for h in args.hotword if h.strip()),

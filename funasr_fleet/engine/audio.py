@@ -8,7 +8,6 @@ is ~170 MB of samples, never a list of per-frame arrays).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,7 +216,3 @@ class _Buffer:
         out = self._data[: self.size].copy() if self.size < len(self._data) // 2 else self._data[: self.size]
         self._data = np.empty(0, dtype=np.float32)
         return np.clip(out, -1.0, 1.0, out=out) if out.size else out
-
-
-def file_size(path: Path | str) -> int:
-    return os.stat(path).st_size
