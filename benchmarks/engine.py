@@ -32,7 +32,7 @@ def _log(msg: str) -> None:
 
 def speech(seconds: int) -> Path:
     """A cached two-voice dialogue of at least ``seconds`` (espeak-ng + sox, deterministic)."""
-    from tests.fixtures.audio import synth_speech
+    from funasr_fleet.devaudio import synth_speech
 
     AUDIO_CACHE.mkdir(parents=True, exist_ok=True)
     path = AUDIO_CACHE / f"engine-{seconds}s.wav"
