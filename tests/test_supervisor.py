@@ -227,21 +227,50 @@ def test_orphaned_children_exit_when_supervisor_is_killed(start) -> None:  # typ
 
 
 class JobBus:
-    """Publish job requests and collect their CloudEvents through the real broker."""
+    """Publish job requests and collect their CloudEvents through the real broker.
+
+    The events queue is durable and named, and every call reconnects once on a lost connection:
+    other tests on this machine bounce the shared broker (stop_app/start_app) now and then.
+    """
 
     def __init__(self, settings, amqp_url: str) -> None:  # type: ignore[no-untyped-def]
+        import uuid
+
+        self.settings = settings
+        self.url = amqp_url
+        self.events_queue = f"t-sup-events-{uuid.uuid4().hex[:10]}"
+        self.events: list[dict] = []  # type: ignore[type-arg]
+        self.conn = None
+        self._connect()
+
+    def _connect(self) -> None:
         import pika
 
         from funasr_fleet import topology
 
-        self.settings = settings
-        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.close(delete=False)
+        self.conn = pika.BlockingConnection(pika.URLParameters(self.url))
         self.ch = self.conn.channel()
         self.ch.confirm_delivery()
-        topology.declare(self.ch, settings.amqp, settings.consumer)
-        self.events_queue = self.ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        self.ch.queue_bind(self.events_queue, settings.amqp.events_exchange, routing_key="job.#")
-        self.events: list[dict] = []  # type: ignore[type-arg]
+        topology.declare(self.ch, self.settings.amqp, self.settings.consumer)
+        self.ch.queue_declare(self.events_queue, durable=True)
+        self.ch.queue_bind(self.events_queue, self.settings.amqp.events_exchange, routing_key="job.#")
+
+    def _retry(self, fn):  # type: ignore[no-untyped-def]
+        import pika.exceptions
+
+        try:
+            return fn()
+        except (pika.exceptions.AMQPError, ConnectionError, OSError):
+            wait_for(self._try_connect, 60, interval=1.0, what="broker back")
+            return fn()
+
+    def _try_connect(self) -> bool:
+        try:
+            self._connect()
+            return True
+        except Exception:
+            return False
 
     def publish(self, job_id: str, bucket: str, key: str) -> None:
         import pika
@@ -249,21 +278,24 @@ class JobBus:
         from funasr_fleet.jobs import JobRequest
 
         body = JobRequest(job_id=job_id, audio=f"s3://{bucket}/{key}", formats=["json", "srt"]).to_body()
-        self.ch.basic_publish(
-            self.settings.amqp.jobs_exchange,
-            self.settings.amqp.jobs_routing_key,
-            body,
-            pika.BasicProperties(delivery_mode=2, content_type="application/json", timestamp=int(time.time())),
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json", timestamp=int(time.time()))
+        self._retry(
+            lambda: self.ch.basic_publish(
+                self.settings.amqp.jobs_exchange, self.settings.amqp.jobs_routing_key, body, props
+            )
         )
 
     def pump(self) -> None:
         import json
 
-        while True:
-            method, _props, body = self.ch.basic_get(self.events_queue, auto_ack=True)
-            if method is None:
-                return
-            self.events.append(json.loads(body))
+        def drain() -> None:
+            while True:
+                method, _props, body = self.ch.basic_get(self.events_queue, auto_ack=True)
+                if method is None:
+                    return
+                self.events.append(json.loads(body))
+
+        self._retry(drain)
 
     def kinds(self, job_id: str) -> list[str]:
         self.pump()
@@ -280,13 +312,22 @@ class JobBus:
         return wait_for(final, timeout, interval=0.2, what=f"final event of {job_id}")
 
     def queue_depth(self) -> int:
-        return int(self.ch.queue_declare(self.settings.amqp.jobs_queue, passive=True).method.message_count)
+        return int(
+            self._retry(
+                lambda: self.ch.queue_declare(self.settings.amqp.jobs_queue, passive=True).method.message_count
+            )
+        )
 
-    def close(self) -> None:
+    def close(self, delete: bool = True) -> None:
+        if self.conn is None:
+            return
         try:
+            if delete and self.conn.is_open:
+                self.ch.queue_delete(self.events_queue)
             self.conn.close()
         except Exception:
             pass
+        self.conn = None
 
 
 @pytest.fixture
