@@ -15,6 +15,7 @@ Guarantees kept here:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -87,6 +88,7 @@ class JobHandler:
         self.engine = engine
         self.storage = storage
         self.source = source
+        sweep_stale_staging(Path(self._tmp_root() or tempfile.gettempdir()))
 
     # --- entry points (worker thread / loop thread) -------------------------------------------
     def __call__(self, delivery: Delivery, bridge: Bridge, slot: JobSlot) -> None:
@@ -107,7 +109,7 @@ class JobHandler:
             att.job, att.job_id, att.metadata, att.input_uri = job, str(job.job_id), job.metadata, job.audio.uri
             structlog.contextvars.bind_contextvars(job_id=att.job_id, attempt=att.attempt)
             slot.job_id = att.job_id
-            tmp = Path(tempfile.mkdtemp(prefix="fleet-job-", dir=self._tmp_root()))
+            tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self._tmp_root()))
             self._run(att, job, bridge, tmp)
         except FleetError as exc:
             self._failure(att, bridge, exc, transient=not exc.permanent)
@@ -418,6 +420,42 @@ class JobHandler:
             )
         except FleetError as exc:  # the cache is an optimisation: never fail a job for it
             log.warning("could not store the transcript for reuse", error=exc.message)
+
+
+STAGING_PREFIX = "fleet-job-"
+
+
+def sweep_stale_staging(root: Path) -> int:
+    """Remove staging dirs ``fleet-job-<pid>-*`` whose consumer process is gone.
+
+    A SIGKILLed consumer (OOM killer, hung-kill, chaos) cannot run its ``finally``; the next consumer
+    to boot on this machine removes what the dead one left. Dirs of live processes are kept (several
+    consumers may share ``consumer.tmp_dir``). Returns how many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(root.glob(f"{STAGING_PREFIX}*-*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        pid_text = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed staging dirs of dead consumers", count=removed, dir=str(root))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _decode_body(body: bytes) -> dict[str, Any]:

@@ -76,7 +76,9 @@ class Chaos(threading.Thread):
         start = time.monotonic()
         end = start + 15
         while time.monotonic() < end:
-            consumers = [c for c in self.fleet.status().get("consumers", []) if c["state"] in ("ready", "busy")]
+            dead = {k[1] for k in self.kills}  # /status may list a killed pid until the supervisor reaps it
+            consumers = [c for c in self.fleet.status().get("consumers", [])
+                         if c["state"] in ("ready", "busy") and c["pid"] not in dead]  # fmt: skip
             busy = [c for c in consumers if c["state"] == "busy"]
             pool = busy or (consumers if time.monotonic() - start > 3 else [])
             if pool:
