@@ -465,3 +465,63 @@ def test_real_consumers_exit_when_supervisor_is_killed(real_fleet) -> None:  # t
     fleet.proc.send_signal(signal.SIGKILL)
     fleet.proc.wait(10)
     wait_for(lambda: not any(pid_alive(p) for p in pids), 30, what="consumers exit on their own")
+
+
+# --- metrics module: multiprocess aggregation without a supervisor ------------------------------
+
+
+def test_metrics_aggregate_across_processes(tmp_path: Path) -> None:
+    import subprocess
+
+    shard_dir = tmp_path / "prom"
+    shard_dir.mkdir()
+    writer = (
+        "from funasr_fleet import metrics as m\n"
+        "m.job_started(0.5); m.job_finished('succeeded', None, 2.0, 0.05, 60.0)\n"
+        "m.job_started(None); m.job_finished('failed', 'audio_too_short', 0.1)\n"
+        "m.job_started(1.0)\n"  # still in flight when the process exits
+        "import os; print(os.getpid())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shard_dir)}
+    pids = [
+        int(subprocess.run([sys.executable, "-c", writer], env=env, capture_output=True, text=True, check=True).stdout)
+        for _ in range(2)
+    ]
+    reader = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from funasr_fleet import metrics as m\n"
+        f"m.enable_multiprocess(Path({str(shard_dir)!r}))\n"
+        f"[m.mark_process_dead(p) for p in {pids!r}]\n"
+        "m.consumers(alive=2, ready=1); m.consumer_restarted('hung')\n"
+        "sys.stdout.write(m.render()[0].decode())\n"
+    )
+    text = subprocess.run([sys.executable, "-c", reader], env=os.environ.copy(), capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
+    assert samples['fleet_jobs_total{error_code="none",status="succeeded"}'] == 2
+    assert samples['fleet_jobs_total{error_code="audio_too_short",status="failed"}'] == 2
+    assert samples["fleet_audio_seconds_total"] == 120
+    assert samples["fleet_queue_wait_seconds_count"] == 4
+    assert samples["fleet_job_duration_seconds_count"] == 4
+    assert samples["fleet_job_real_time_factor_count"] == 2
+    assert samples.get("fleet_jobs_in_flight", 0.0) == 0  # dead processes leave the live sum
+    assert samples["fleet_consumers_alive"] == 2 and samples["fleet_consumers_ready"] == 1
+    assert samples['fleet_consumer_restarts_total{cause="hung"}'] == 1
+
+
+def test_metrics_without_multiprocess_dir() -> None:
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from funasr_fleet import metrics as m\n"
+        "m.job_started(0.1); m.job_finished('succeeded', None, 1.0, 0.1, 10.0)\n"
+        "text = m.render()[0].decode()\n"
+        "assert 'fleet_jobs_total{error_code=\"none\",status=\"succeeded\"} 1.0' in text, text\n"
+        "assert 'fleet_jobs_in_flight 0.0' in text, text\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
