@@ -467,6 +467,33 @@ def test_real_consumers_exit_when_supervisor_is_killed(real_fleet) -> None:  # t
     wait_for(lambda: not any(pid_alive(p) for p in pids), 30, what="consumers exit on their own")
 
 
+
+def test_real_sighup_rolls_without_losing_readiness_or_the_job(real_fleet) -> None:  # type: ignore[no-untyped-def]
+    start_real, bus, upload, settings = real_fleet
+    long = upload("long", 120)
+    fleet = start_real("--consumers", "1", "--threads", "1")
+    old = fleet.wait_ready(1, timeout=120)[0]
+    bus.publish("sup-roll", settings.s3.inbox_bucket, long)
+    wait_for(lambda: _started_busy(fleet, bus, "sup-roll"), 60, interval=0.05, what="busy consumer")
+    fleet.proc.send_signal(signal.SIGHUP)
+    not_ready = 0
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if fleet.get("/readyz")[0] != 200:
+            not_ready += 1
+        pids = fleet.ready_pids()
+        if pids and old not in pids and not pid_alive(old):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"rolling restart did not finish: {fleet.status()}")
+    assert not_ready == 0  # a ready consumer the whole time
+    final = bus.wait_final("sup-roll", 60)
+    assert final["type"].endswith("succeeded")
+    assert bus.kinds("sup-roll").count("started") == 1  # the old consumer finished it: no redo
+    assert fleet.metric('fleet_consumer_restarts_total{cause="rolling"}') == 1
+
+
 # --- metrics module: multiprocess aggregation without a supervisor ------------------------------
 
 
