@@ -215,6 +215,12 @@ def test_sighup_rolls_consumers_one_at_a_time(start, tmp_path: Path) -> None:  #
     wait_for(lambda: "rolling restart finished" in fleet.log_text(), 10, what="roll finished")
 
 
+def test_unstartable_consumer_command_is_a_config_error(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fleet = start("--consumers", "1", command=[str(tmp_path / "no-such-program")])
+    assert fleet.wait_exit(20) == exitcodes.CONFIG
+    assert "cannot start the consumer command" in fleet.log_text()
+
+
 def test_orphaned_children_exit_when_supervisor_is_killed(start) -> None:  # type: ignore[no-untyped-def]
     fleet = start("--consumers", "2")
     pids = fleet.wait_ready(2)

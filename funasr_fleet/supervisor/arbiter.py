@@ -146,8 +146,7 @@ class Arbiter:
             command=self.command,
         )
         try:
-            for slot in range(self.plan.consumers):
-                self.slots[slot] = self._spawn(slot).pid
+            self.pending = {slot: time.monotonic() for slot in range(self.plan.consumers)}
             while True:
                 now = time.monotonic()
                 self.last_tick = now
@@ -353,7 +352,18 @@ class Arbiter:
             if due <= now:
                 del self.pending[slot]
                 if slot not in self.slots:
-                    self.slots[slot] = self._spawn(slot).pid
+                    try:
+                        self.slots[slot] = self._spawn(slot).pid
+                    except (FileNotFoundError, PermissionError) as exc:  # the command itself is wrong
+                        self.halt_reason = f"cannot start the consumer command {self.command}: {exc}"
+                        self.exit_code = exitcodes.CONFIG
+                        log.error("supervisor halting: " + self.halt_reason, exit_code=self.exit_code)
+                        self._begin_stop(now)
+                        return
+                    except OSError as exc:  # fork/exec failed (EAGAIN, ENOMEM): try again later
+                        delay = self.policy.backoff_max_s
+                        log.error("cannot start consumer", slot=slot, error=repr(exc), retry_in_s=delay)
+                        self.pending[slot] = now + delay
 
     def _reap(self, now: float) -> None:
         while True:
