@@ -558,3 +558,53 @@ def test_metrics_without_multiprocess_dir() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_http_endpoints_follow_the_arbiter_state() -> None:
+    import json
+    import urllib.error
+    import urllib.request
+    from typing import Any
+
+    from funasr_fleet.supervisor.http import HealthServer
+
+    class Source:
+        stopping = False
+        alive = True
+        ready = 0
+
+        def loop_alive(self) -> bool:
+            return self.alive
+
+        def ready_count(self) -> int:
+            return self.ready
+
+        def status(self) -> dict[str, Any]:
+            return {"consumers": [], "ready": self.ready}
+
+    source = Source()
+    server = HealthServer(source, "127.0.0.1", 0).start()
+
+    def get(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    try:
+        assert get("/healthz") == 200
+        assert get("/readyz") == 503
+        source.ready = 2
+        assert get("/readyz") == 200
+        source.stopping = True  # draining: take no new traffic
+        assert get("/readyz") == 503
+        source.alive = False  # the loop stopped ticking
+        assert get("/healthz") == 503
+        assert get("/nope") == 404
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/status", timeout=5) as resp:
+            assert json.loads(resp.read())["ready"] == 2
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain")
+    finally:
+        server.stop()
