@@ -148,6 +148,12 @@ def test_plan_threads(consumers: int | str, threads: int | None, cores: int, exp
         assert plan.consumers * plan.threads <= cores
 
 
+def test_plan_threads_gpu_auto_is_one_consumer() -> None:
+    plan = plan_threads("auto", None, 16, gpu=True)
+    assert (plan.consumers, plan.threads, plan.oversubscribed) == (1, 16, False)
+    assert plan_threads(3, None, 16, gpu=True).consumers == 3  # explicit: share the GPU
+
+
 def test_heartbeat_read(tmp_path: Path) -> None:
     path = tmp_path / "hb.json"
     assert heartbeat.read(path) is None

@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"supervisor": sup})
     sup = settings.supervisor
     cores = usable_cores()
-    plan = plan_threads(sup.consumers, sup.threads_per_consumer, cores)
+    gpu = settings.engine.device.startswith("cuda")
+    plan = plan_threads(sup.consumers, sup.threads_per_consumer, cores, gpu=gpu)
+    if gpu and sup.consumers == "auto":
+        log.info("engine on CUDA: consumers=auto starts one consumer; use --consumers N to share the GPU")
     if plan.oversubscribed:
         log.warning(
             "oversubscribed: consumers x threads exceeds usable cores; expect much slower inference",

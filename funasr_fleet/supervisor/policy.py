@@ -208,14 +208,19 @@ class ThreadPlan:
     oversubscribed: bool
 
 
-def plan_threads(consumers: int | str, threads: int | None, cores: int) -> ThreadPlan:
+def plan_threads(consumers: int | str, threads: int | None, cores: int, *, gpu: bool = False) -> ThreadPlan:
     """How many consumers and threads each, so consumers × threads ≤ usable cores.
 
     ``auto`` consumers = cores ÷ threads (threads default 1). An explicit count with no thread
     setting gets cores ÷ count (at least 1). Only explicit choices of both can oversubscribe,
     which the caller logs as a warning (OpenMP spin-waits make oversubscription very slow).
+    With ``gpu`` (engine on CUDA) ``auto`` means ONE consumer: every consumer holds its own copy
+    of the model in GPU memory, so sharing a GPU must be asked for with an explicit count.
     """
     cores = max(1, cores)
+    if consumers == "auto" and gpu:
+        t = threads or cores
+        return ThreadPlan(consumers=1, threads=t, cores=cores, oversubscribed=t > cores)
     if consumers == "auto":
         t = threads or 1
         n = max(1, cores // t)
