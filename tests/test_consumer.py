@@ -278,13 +278,15 @@ def test_redelivery_is_answered_from_the_manifest(
     s = consumer_settings(consumer={"result_reuse": False})
     broker = broker_for(s)
     audio = upload(storage, s.s3.inbox_bucket, "dialogue.wav", audio_dir / "dialogue.wav")
-    body = job_body(audio, "dup-1", formats=["json", "srt"])
+    # delete_source: the redelivery must be answered from the manifest even with the source gone
+    body = job_body(audio, "dup-1", formats=["json", "srt"], delete_source=True)
     with consumer_thread(s):
         broker.publish(body)
         first = broker.final("dup-1")
         assert first.kind == "succeeded"
         assert first.data.outputs is not None and first.data.manifest is not None
         outputs_before = {u: storage.get_bytes(*split_uri(u)) for u in first.data.outputs}
+        assert not storage.exists(*split_uri(audio))
         broker.publish(body)  # the same job again (what a redelivery looks like)
         second = broker.wait_event(lambda e: e.subject == "dup-1" and e.final and e.id != first.id)
     assert second.kind == "succeeded"

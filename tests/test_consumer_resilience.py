@@ -144,7 +144,7 @@ def test_long_job_keeps_heartbeats_and_sigterm_finishes_it(
     long_audio: Path,
     spawn: Callable[..., ConsumerProcess],
 ) -> None:
-    s = consumer_settings(amqp={"heartbeat_s": 1})
+    s = consumer_settings(amqp={"heartbeat_s": 1}, consumer={"result_reuse": False})
     broker = broker_for(s)
     audio = upload(storage, s.s3.inbox_bucket, "long.wav", long_audio)
     consumer = spawn(s)
@@ -174,6 +174,17 @@ def test_long_job_keeps_heartbeats_and_sigterm_finishes_it(
     assert not broker.of("long-2")
     assert broker.count(s.amqp.jobs_queue) == 1  # long-2 waits for the next consumer
     assert "missed heartbeats" not in consumer.output().lower()
+
+    # a consumer that dies mid-job: the broker redelivers the job to the next one
+    doomed = spawn(s)
+    broker.wait_event(lambda e: e.subject == "long-2" and e.data.stage == "decoded", 120)
+    doomed.proc.kill()
+    doomed.wait(30)
+    with consumer_thread(s):
+        final2 = broker.final("long-2", timeout=120)
+    assert final2.kind == "succeeded", final2.data.error
+    assert [e.kind for e in broker.of("long-2")].count("started") == 2
+    assert broker.count(s.amqp.jobs_queue) == 0
 
 
 def test_consumer_timeout_is_survived(
@@ -257,3 +268,6 @@ def test_boot_failures_exit_3_or_78_and_say_why(
     assert state is not None and state["state"] == "booting" and "broker unreachable" in state["error"]
     assert "boot failed" in no_broker.output()
     assert "guest:guest" not in no_broker.output()  # the URL's password never reaches a log
+
+    orphan = spawn(s, FLEET_SUPERVISOR_PID="1")  # "the supervisor" is not our parent: orphaned
+    assert orphan.wait(60) == exitcodes.ORPHANED, orphan.output()
