@@ -175,15 +175,28 @@ def test_long_job_keeps_heartbeats_and_sigterm_finishes_it(
     assert broker.count(s.amqp.jobs_queue) == 1  # long-2 waits for the next consumer
     assert "missed heartbeats" not in consumer.output().lower()
 
+    assert (heartbeat_state(hb) or {}).get("state") == "draining"
+
+    # a second signal abandons the running job: requeued at once, exit 0 without waiting
+    quitter = spawn(s)
+    broker.wait_event(lambda e: e.subject == "long-2" and e.data.stage == "decoded", 120)
+    quitter.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    quitter.proc.send_signal(signal.SIGTERM)
+    assert quitter.wait(60) == 0, quitter.output()
+    assert not [e for e in broker.of("long-2") if e.final]
+    assert "requeueing the running job" in quitter.output()
+
     # a consumer that dies mid-job: the broker redelivers the job to the next one
     doomed = spawn(s)
-    broker.wait_event(lambda e: e.subject == "long-2" and e.data.stage == "decoded", 120)
+    before = {e.id for e in broker.of("long-2")}
+    broker.wait_event(lambda e: e.subject == "long-2" and e.data.stage == "decoded" and e.id not in before, 120)
     doomed.proc.kill()
     doomed.wait(30)
     with consumer_thread(s):
         final2 = broker.final("long-2", timeout=120)
     assert final2.kind == "succeeded", final2.data.error
-    assert [e.kind for e in broker.of("long-2")].count("started") == 2
+    assert [e.kind for e in broker.of("long-2")].count("started") == 3
     assert broker.count(s.amqp.jobs_queue) == 0
 
 
