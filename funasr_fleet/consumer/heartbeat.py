@@ -41,7 +41,12 @@ class Heartbeat:
     def maybe_write(self, state: State, job_id: str | None = None, every_s: float = 0.5) -> None:
         """Write unless the last write is younger than ``every_s`` (keeps the loop cheap)."""
         if time.monotonic() - self._last >= every_s:
-            self.write(state, job_id)
+            try:
+                self.write(state, job_id)
+            except OSError:
+                # Never take the connection loop down over the file: a missing beat already tells
+                # the supervisor something is wrong.
+                self._last = time.monotonic()
 
 
 class BootBeater:
