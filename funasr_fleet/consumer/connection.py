@@ -458,7 +458,7 @@ class ConsumerLoop:
             ch.basic_nack(method.delivery_tag, requeue=True)  # never two jobs at once
             return
         self.slot = JobSlot(delivery=delivery)
-        self.heartbeat.write("busy")
+        self.heartbeat.maybe_write("busy", every_s=0.0)
         self._work.put(self.slot)
 
     def publish_now(
