@@ -55,6 +55,7 @@ class EventLog:
     queue: str = ""
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> event
     order: list[str] = field(default_factory=list)
+    received: dict[str, float] = field(default_factory=dict)  # id -> time.monotonic() of the drain that got it
 
     def __post_init__(self) -> None:
         self.queue = self.queue or f"{self.settings.amqp.events_exchange}.chaos-log-{uuid.uuid4().hex[:6]}"
@@ -84,6 +85,7 @@ class EventLog:
                 if event["id"] not in self.events:
                     self.events[event["id"]] = event
                     self.order.append(event["id"])
+                    self.received[event["id"]] = time.monotonic()
                     new += 1
                 ch.basic_ack(method.delivery_tag)
         except _AMQP_ERRORS:
