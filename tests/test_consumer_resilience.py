@@ -284,3 +284,34 @@ def test_boot_failures_exit_3_or_78_and_say_why(
 
     orphan = spawn(s, FLEET_SUPERVISOR_PID="1")  # "the supervisor" is not our parent: orphaned
     assert orphan.wait(60) == exitcodes.ORPHANED, orphan.output()
+
+
+def test_transient_failures_dead_letter_when_attempts_run_out(
+    consumer_settings: Callable[..., Settings],
+    broker_for: Callable[[Settings], Broker],
+    own_s3_server: Any,
+    unique: str,
+) -> None:
+    s3 = {
+        **own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=5.0, max_attempts=1).model_dump(exclude_none=True),
+        "access_key": own_s3_server.access_key,
+        "secret_key": own_s3_server.secret_key,
+        "results_bucket": f"t-{unique}-gone-results",
+        "inbox_bucket": f"t-{unique}-gone-inbox",
+    }
+    s = consumer_settings(s3=s3, consumer={"retry_base_delay_s": 0.3, "retry_max_delay_s": 0.6, "retry_max_attempts": 3})
+    broker = broker_for(s)
+    with consumer_thread(s):
+        own_s3_server.stop()  # and never back
+        broker.publish(job_body(f"s3://{s.s3.inbox_bucket}/a.wav", "gone-1"))
+        final = broker.final("gone-1", timeout=60)
+    assert final.kind == "failed" and final.data.error is not None
+    assert final.data.error.code == "storage_unavailable"
+    assert final.data.attempt == 3
+    retries = [e for e in broker.of("gone-1") if e.data.stage == "retrying"]
+    assert [e.data.attempt for e in retries] == [1, 2]
+    dead = broker.take_all(s.amqp.dead_letter_queue)
+    assert len(dead) == 1
+    props, _ = dead[0]
+    assert props.headers["x-fleet-attempt"] == 3 and props.headers["x-fleet-retry-reason"] == "storage_unavailable"
+    assert broker.count(s.amqp.jobs_queue) == 0
