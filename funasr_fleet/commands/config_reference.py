@@ -8,11 +8,11 @@ HELP = "print the configuration reference generated from the Settings model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--toml", action="store_true", help="print the example TOML file instead of Markdown")
 
 
 def run(args: argparse.Namespace) -> int:
-    from funasr_fleet.config_reference import render
+    from funasr_fleet.config_reference import render, render_toml
 
-    print(render(), end="")
+    print(render_toml() if args.toml else render(), end="")
     return 0
