@@ -74,7 +74,7 @@ def get() -> FleetMetrics:
         registry=registry,
         jobs=Counter(
             "fleet_jobs",
-            "Jobs finished, by final status (succeeded, failed, retried, dead_lettered, ...) and error code.",
+            "Job attempts by outcome (succeeded, duplicate, retried, requeued, failed, ignored, fanned_out) and error code.",
             ["status", "error_code"],
             registry=registry,
         ),
