@@ -213,6 +213,7 @@ class ConsumerLoop:
         self.consumer_tag: str | None = None
         self.generation = 0
         self.slot: JobSlot | None = None
+        self.held: Delivery | None = None  # arrived between the running job's ack and its slot clearing
         self.stop_requests = 0
         self.jobs_done = 0
         self.max_jobs: int | None = None  # tests: exit 0 after this many jobs
@@ -303,7 +304,18 @@ class ConsumerLoop:
             self.slot = None
             self.jobs_done += 1
             slot = None
-            if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
+            held, self.held = self.held, None
+            last = self.max_jobs is not None and self.jobs_done >= self.max_jobs
+            if held is not None and held.generation == self.generation:
+                if self.stop_requests or last:
+                    try:
+                        self.settle_now(held, "requeue")
+                    except _AMQP_ERRORS as exc:  # the broker requeues it when the channel closes
+                        log.warning("could not requeue the held delivery", error=repr(exc))
+                else:
+                    self._start(held)
+                    slot = self.slot
+            if last:
                 return exitcodes.OK
         if slot is not None and slot.deadline_at is not None and time.monotonic() > slot.deadline_at:
             slot.cancelled.set()
@@ -454,9 +466,20 @@ class ConsumerLoop:
             exchange=method.exchange,
             routing_key=method.routing_key,
         )
+        if self.slot is not None and self.held is None and not self.stop_requests:
+            # prefetch 1: the broker sends the next message only once the running job was acked, so
+            # this one arrived between that ack and the loop clearing the slot. Hold it and start it
+            # when the slot clears. (Nack-requeueing it instead bumps the quorum delivery count at
+            # every job boundary until the message dead-letters, reason delivery_limit, with no
+            # job.failed event: good jobs were silently lost under load; found by tests/chaos.)
+            self.held = delivery
+            return
         if self.slot is not None or self.stop_requests:
             ch.basic_nack(method.delivery_tag, requeue=True)  # never two jobs at once
             return
+        self._start(delivery)
+
+    def _start(self, delivery: Delivery) -> None:
         self.slot = JobSlot(delivery=delivery)
         self.heartbeat.maybe_write("busy", every_s=0.0)
         self._work.put(self.slot)
