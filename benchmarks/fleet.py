@@ -77,6 +77,18 @@ def fleet_batch(s3: common.S3, keys: list[str], consumers: int, work: Path) -> d
         common.delete_topology(settings)
 
 
+def _twice(what: str, fn: Any) -> Any:
+    """Run a phase; once more if the shared broker was bounced under it (other suites do that)."""
+    import pika.exceptions
+
+    try:
+        return fn()
+    except (pika.exceptions.AMQPError, ConnectionError) as exc:
+        common.log(f"{what}: broker connection lost ({type(exc).__name__}); running the phase again")
+        time.sleep(10)
+        return fn()
+
+
 def run(quick: bool = True) -> dict[str, Any]:
     from benchmarks.overhead import fleet_sequential
     from benchmarks.scaling import bare_batch
@@ -95,11 +107,11 @@ def run(quick: bool = True) -> dict[str, Any]:
         common.log(f"in-process engine 1x{cores}: {bare['makespan_s']:.2f}s")
         batches = []
         for n in (1, 2):
-            batch = fleet_batch(s3, keys, n, work)
+            batch = _twice(f"fleet N={n}", lambda n=n: fleet_batch(s3, keys, n, work))
             batches.append(batch)
             common.log(f"fleet N={n} (threads {batch['threads']}): {batch['makespan_s']:.2f}s failed={batch['failed']}")
         settings = common.bench_settings(s3, threads=cores)
-        samples = fleet_sequential(settings, s3, keys[0], seq, work, cores)
+        samples = _twice("overhead", lambda: fleet_sequential(settings, s3, keys[0], seq, work, cores))
     finally:
         s3.stop()
         common.remove(work)
