@@ -34,6 +34,7 @@ CI_JOBS = int(os.environ.get("FLEET_CHAOS_JOBS", "40"))
 FULL_JOBS = 200
 CONSUMERS = 2
 S3_OUTAGE_S = 10.0
+MAX_KILLS_PER_JOB = 2  # below amqp.delivery_limit (5), counting the broker restart's redelivery
 
 
 def fleet_env_for(settings: Any, tmp_path: Path) -> dict[str, str]:
@@ -55,6 +56,7 @@ class Chaos(threading.Thread):
         self.fleet, self.s3, self.amqp_url, self.schedule, self.t0 = fleet, s3, amqp_url, schedule, t0
         self.rng = random.Random(SEED + 1)
         self.kills: list[tuple[float, int, str]] = []  # (t, pid, state)
+        self.job_kills: Counter[str | None] = Counter()
         self.skipped_kills = 0
         self.broker_restarts: list[float] = []  # seconds unavailable
         self.s3_outages: list[float] = []
@@ -72,15 +74,29 @@ class Chaos(threading.Thread):
             harness.ensure_broker(self.amqp_url)
 
     def kill(self) -> None:
-        """SIGKILL one consumer: a busy one when one turns busy within 3 s, else a ready one."""
+        """SIGKILL one consumer: a busy one when one turns busy within 3 s, else a ready one.
+
+        Waits (up to 60 s) until the fleet is back at full strength first, and never kills a job a
+        third time: a job that takes down ``amqp.delivery_limit`` consumers is a poison message and
+        is dead-lettered BY DESIGN; back-to-back kills on a recovering fleet would otherwise keep
+        hitting the job at the head of the queue.
+        """
+        dead = {k[1] for k in self.kills}  # /status may list a killed pid until the supervisor reaps it
+
+        def live() -> list[dict[str, Any]]:
+            return [c for c in self.fleet.status().get("consumers", [])
+                    if c["state"] in ("ready", "busy") and c["pid"] not in dead]  # fmt: skip
+
+        full = time.monotonic() + 60
+        while len(live()) < CONSUMERS and time.monotonic() < full:
+            time.sleep(0.2)
         start = time.monotonic()
         end = start + 15
         while time.monotonic() < end:
-            dead = {k[1] for k in self.kills}  # /status may list a killed pid until the supervisor reaps it
-            consumers = [c for c in self.fleet.status().get("consumers", [])
-                         if c["state"] in ("ready", "busy") and c["pid"] not in dead]  # fmt: skip
-            busy = [c for c in consumers if c["state"] == "busy"]
-            pool = busy or (consumers if time.monotonic() - start > 3 else [])
+            consumers = live()
+            busy = [c for c in consumers if c["state"] == "busy" and self.job_kills[c.get("job_id")] < MAX_KILLS_PER_JOB]
+            idle = [c for c in consumers if c["state"] == "ready"]
+            pool = busy or (idle if time.monotonic() - start > 3 else [])
             if pool:
                 victim = self.rng.choice(sorted(pool, key=lambda c: c["pid"]))
                 try:
@@ -88,6 +104,8 @@ class Chaos(threading.Thread):
                 except ProcessLookupError:
                     continue
                 self.kills.append((time.monotonic() - self.t0, victim["pid"], victim["state"]))
+                if victim.get("job_id"):
+                    self.job_kills[victim["job_id"]] += 1
                 return
             time.sleep(0.1)  # never kill during boot (that counts as a boot failure)
         self.skipped_kills += 1
@@ -107,7 +125,7 @@ class Chaos(threading.Thread):
 
 def schedule_for(jobs: int, submit_s: float, rng: random.Random) -> list[tuple[float, str]]:
     window = submit_s + 10
-    kills = max(3, jobs // 12)
+    kills = max(3, jobs // 15)
     plan = [(rng.uniform(3, window), "kill") for _ in range(kills)]
     plan.append((rng.uniform(0.25, 0.4) * window, "restart_broker"))
     plan.append((rng.uniform(0.55, 0.7) * window, "s3_outage"))
@@ -248,9 +266,17 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
             queues = {"error": repr(exc)}
         finals = log.finals()
         missing = [j for j in ids if j not in finals]
+        try:
+            dead = [(p.message_id, [(d.get("reason"), d.get("count")) for d in (p.headers or {}).get("x-death", [])])
+                    for p, _ in harness.dlq_messages(settings)]  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            dead = [repr(exc)]
+        history = {j: [(harness.kind_of(e), e["data"].get("attempt"), e["data"].get("stage")) for e in log.of(j)]
+                   for j in missing[:5]}  # fmt: skip
         with capsys.disabled():
             print(f"\n--- supervisor log tail ---\n{tail}\n--- events: {log.kinds()}\n--- queues: {queues}"
-                  f"\n--- jobs without a final event ({len(missing)}): {missing[:20]}")
+                  f"\n--- jobs without a final event ({len(missing)}): {missing[:20]}\n--- their events: {history}"
+                  f"\n--- dead letters: {dead}\n--- kills: {chaos.kills if chaos else None}")
         raise
     finally:
         if chaos is not None and chaos.is_alive():
