@@ -33,6 +33,7 @@ from funasr_fleet.consumer.connection import Bridge, Delivery, JobCancelled, Job
 from funasr_fleet.engine.audio import decode, probe
 from funasr_fleet.engine.transcript import TranscribeOptions, Transcript
 from funasr_fleet.errors import FleetError, JobTimeout, MalformedMessage, ObjectNotFound, SchemaInvalid
+from funasr_fleet.storage import WriteConflict
 from funasr_fleet.jobs import MAX_BODY_BYTES, JobRequest, message_kind, validate_job
 from funasr_fleet.manifest import (
     CACHE_DIR,
@@ -78,6 +79,7 @@ class Attempt:
     error_code: str | None = None
     rtf: float | None = None
     audio_s: float | None = None
+    manifest_seen: bool = False  # a manifest existed when this delivery started
 
 
 class JobHandler:
@@ -226,7 +228,16 @@ class JobHandler:
             source_deleted=delete_source,
         )
         self._check_cancelled(att)
-        self.storage.put_json(out.bucket, mkey, manifest.model_dump(mode="json"))  # the commit marker: LAST
+        # the commit marker, LAST. Create-only when there was no manifest at the start: if another
+        # delivery of this job (a duplicate message: publisher retry, at-least-once dead-lettering)
+        # committed meanwhile, its manifest stands and this delivery answers with ITS event, so every
+        # succeeded event of a job carries the same data (found by tests/chaos).
+        try:
+            self.storage.put_json(out.bucket, mkey, manifest.model_dump(mode="json"), if_none_match=not att.manifest_seen)
+        except WriteConflict:
+            if self._answer_from_manifest(att, job, out.bucket, out.key, ohash, fingerprint, bridge):
+                return
+            raise
         att.rtf, att.audio_s = (rtf if reused is None else None), transcript.duration_ms / 1000
         self._succeed(att, bridge, data, delete_source=delete_source)
 
@@ -236,6 +247,7 @@ class JobHandler:
         raw = self.storage.get_json(bucket, manifest_key(prefix))
         if raw is None:
             return False
+        att.manifest_seen = True
         try:
             manifest = Manifest.model_validate(raw)
         except ValueError:

@@ -289,6 +289,27 @@ def test_s3_event_for_non_audio_is_ignored_not_dead_lettered(rig: Rig) -> None:
     assert not take_dead(rig, note_id)
 
 
+def test_duplicate_messages_of_one_job_give_identical_events(rig: Rig) -> None:
+    """The same job published several times at once (a publisher retry, at-least-once dead-
+    lettering): the consumers may run it concurrently, yet there is one manifest and every
+    succeeded event carries the same data (except ``attempt``/``reused``)."""
+    job_id = f"dup-{uuid.uuid4().hex[:6]}"
+    body = harness.job_body(job_id, rig.inbox, rig.good_key)
+    for _ in range(3):
+        rig.publisher.publish(body, message_id=job_id)
+
+    def three() -> bool:
+        rig.log.drain()
+        return len(rig.log.finals().get(job_id, [])) >= 3
+
+    wait_for(three, timeout=120, interval=0.2, what="three outcomes of one job")
+    succeeded = [e for e in rig.log.finals()[job_id] if harness.kind_of(e) == "succeeded"]
+    assert len(succeeded) == 3, rig.log.finals()[job_id]
+    first = harness.stable_data(succeeded[0])
+    assert all(harness.stable_data(e) == first for e in succeeded[1:]), [e["data"] for e in succeeded]
+    assert not harness.check_job_outputs(rig.storage, rig.settings, job_id)
+
+
 def test_queues_empty_after_the_suite(rig: Rig) -> None:
     """Nothing left behind: the jobs queue is drained and every dead letter was accounted for."""
     def empty() -> bool:
