@@ -150,10 +150,15 @@ def clip(seconds: float) -> Path:
     from funasr_fleet.devaudio import synth_speech
 
     _CLIP_CACHE.mkdir(parents=True, exist_ok=True)
-    path = _CLIP_CACHE / f"dialogue-{int(seconds)}s.wav"
+    path = _CLIP_CACHE / f"dialogue-{int(seconds)}s-exact.wav"
     if not path.exists():
+        from funasr_fleet.devaudio import run_tool
+
+        long = path.with_suffix(".long.wav")
+        synth_speech(long, seconds)
         tmp = path.with_suffix(".part.wav")
-        synth_speech(tmp, seconds)
+        run_tool(["sox", "-R", "-D", str(long), str(tmp), "trim", "0", str(seconds)])  # exactly `seconds`
+        long.unlink()
         tmp.rename(path)
     return path
 
@@ -239,25 +244,7 @@ def bench_settings(s3: S3, *, threads: int = 1, tag: str | None = None, **sectio
 
 def settings_env(settings: Any) -> dict[str, str]:
     """``FLEET_<SECTION>__<KEY>`` variables reproducing ``settings`` in a subprocess."""
-    from pydantic import SecretStr
-
-    env: dict[str, str] = {}
-    for section_name in type(settings).model_fields:
-        section = getattr(settings, section_name)
-        for key in type(section).model_fields:
-            value = getattr(section, key)
-            if value is None:
-                continue
-            if isinstance(value, SecretStr):
-                text = value.get_secret_value()
-            elif isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, (list, dict)):
-                text = json.dumps(value)
-            else:
-                text = str(value)
-            env[f"FLEET_{section_name.upper()}__{key.upper()}"] = text
-    return env
+    return dict(settings.to_env())
 
 
 def clean_env(settings: Any | None = None, **extra: str) -> dict[str, str]:

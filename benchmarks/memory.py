@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,7 +64,6 @@ def fleet_memory(counts: list[int], jobs_per_consumer: int = 2) -> list[dict[str
 # --- part 2: copy-on-write experiment (runs in a fresh interpreter) -------------------------------
 def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
     import gc
-    import signal
 
     from funasr_fleet.engine.threads import configure_threads
 
@@ -90,7 +90,9 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
         if pid == 0:  # child
             os.close(r_res)
             os.close(w_rel)
-            signal.signal(signal.SIGALRM, lambda *_: os._exit(99))  # a hang shows as exit 99
+            # watchdog: SIGALRM's DEFAULT action kills the process even while it is stuck in C (a
+            # Python handler would never run inside a deadlocked OpenMP call); shows as -14
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(int(config["watchdog_s"]))
             torch.set_num_threads(config["child_threads"])
             engine._owner = None  # the forked main thread is a "new" owner
@@ -110,7 +112,7 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
     results = []
     for pid, r_res, _ in children:
         raw = b""
-        while chunk := os.read(r_res, 65536):
+        while chunk := os.read(r_res, 65536):  # EOF when the child wrote or died (watchdog)
             raw += chunk
         results.append(json.loads(raw) if raw else None)
     mems = [common.mem_mb(pid) for pid, _, _ in children]
@@ -127,6 +129,7 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: v for k, v in config.items() if k != "clip"},
         "ok": ok,
+        "hung": sum(1 for s in statuses if s == -signal.SIGALRM),
         "exit_codes": statuses,
         "identical": [bool(r and r["identical"]) for r in results],
         "child_wall_s": [r["wall_s"] for r in results if r],
@@ -142,16 +145,24 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
 def cow_probe(config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
     code = "import json,sys; from benchmarks.memory import _cow_main; print('COW '+json.dumps(_cow_main(json.loads(sys.argv[1]))))"
     env = common.clean_env(PYTHONPATH=str(common.REPO))
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=common.REPO, env=env, start_new_session=True)  # fmt: skip
     try:
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
-                              timeout=timeout, cwd=common.REPO, env=env)  # fmt: skip
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the zygote and its forked children
+        proc.communicate()
         return {**{k: v for k, v in config.items() if k != "clip"}, "ok": False, "error": "timeout"}
-    for line in proc.stdout.splitlines():
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # never leave a stuck child behind
+        except ProcessLookupError:
+            pass
+    for line in stdout.splitlines():
         if line.startswith("COW "):
             return json.loads(line[4:])
     return {**{k: v for k, v in config.items() if k != "clip"}, "ok": False,
-            "error": f"exit {proc.returncode}: {proc.stderr[-500:]}"}  # fmt: skip
+            "error": f"exit {proc.returncode}: {stderr[-500:]}"}  # fmt: skip
 
 
 def run(quick: bool = True) -> dict[str, Any]:
@@ -160,11 +171,12 @@ def run(quick: bool = True) -> dict[str, Any]:
     by = {r["consumers"]: r for r in rows}
     one, two = by[1], by[2]
     clip = str(common.clip(10))
-    base = {"clip": clip, "children": 2, "jobs": 2 if quick else 5, "watchdog_s": 120}
+    base = {"clip": clip, "children": 2, "jobs": 2 if quick else 5, "watchdog_s": 60}
     variants = [
         {**base, "parent_threads": 1, "child_threads": 1, "gc_freeze": False},
         {**base, "parent_threads": 1, "child_threads": 1, "gc_freeze": True},
-        {**base, "parent_threads": 2, "child_threads": 1, "gc_freeze": True},
+        {**base, "parent_threads": 1, "child_threads": 2, "gc_freeze": True},
+        {**base, "parent_threads": 2, "child_threads": 1, "gc_freeze": True},  # the fork-after-OpenMP hazard
     ]
     cow = []
     for v in variants:
@@ -204,9 +216,9 @@ def tables(result: dict[str, Any]) -> str:
 
     text += common.table(
         "Copy-on-write experiment: load the model once, fork 2 children",
-        ["parent threads → child", "gc.freeze", "ok (no hang, identical output)", "child USS MiB", "child PSS MiB",
-         "zygote+children ΣPSS MiB"],
-        [(f"{c['parent_threads']} → {c['child_threads']}", c["gc_freeze"], c.get("ok"),
+        ["parent threads → child", "gc.freeze", "ok (no hang, identical output)", "children hung", "child USS MiB",
+         "child PSS MiB", "zygote+children ΣPSS MiB"],
+        [(f"{c['parent_threads']} → {c['child_threads']}", c["gc_freeze"], c.get("ok"), c.get("hung", c.get("error", "")),
           avg(c.get("child_uss_mb", [])), avg(c.get("child_pss_mb", [])), c.get("total_pss_mb", float("nan")))
          for c in result["cow"]],  # fmt: skip
     )

@@ -105,8 +105,8 @@ def _app_for(worker: CeleryWorker) -> Any:
 
     app = celery_peer.app
     app.conf.broker_url = worker.env["PEER_BROKER_URL"]
-    app.conf.task_default_queue = worker.queue
-    app.conf.task_queues = [Queue(worker.queue, routing_key=worker.queue, durable=True)]
+    if worker.queue not in app.amqp.queues:  # the app caches its queues: add each worker's own
+        app.amqp.queues.add(Queue(worker.queue, routing_key=worker.queue, durable=True))
     return celery_peer.transcribe
 
 
