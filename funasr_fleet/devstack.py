@@ -79,7 +79,7 @@ def _model_env() -> tuple[dict[str, str], bool]:
 
 
 def _s3_up(env: dict[str, str]) -> str:
-    from funasr_fleet.seaweed import SeaweedServer, free_ports
+    from funasr_fleet.seaweed import SeaweedServer
 
     existing = SeaweedServer.adopt(S3_DIR, secret_key=env["FLEET_S3__SECRET_KEY"])
     if existing is not None:

@@ -28,7 +28,7 @@ from funasr_fleet.settings import ALL_FORMATS, Settings
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 MAX_BODY_BYTES = 256 * 1024
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # S3 bucket naming rules (lowercase, digits, dots, hyphens; 3..63).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -119,7 +119,7 @@ class JobRequest(BaseModel):
     @field_validator("job_id")
     @classmethod
     def _job_id(cls, value: str | None) -> str | None:
-        if value is not None and not _JOB_ID.match(value):
+        if value is not None and not JOB_ID_RE.match(value):
             raise ValueError("job_id must be 1-128 characters of [A-Za-z0-9._-], starting alphanumeric")
         return value
 
@@ -181,6 +181,11 @@ def job_id_for_object(bucket: str, key: str, etag: str) -> str:
 
 def parse_job(body: bytes, settings: Settings | None = None) -> JobRequest:
     """Bytes off the wire → JobRequest, or the FleetError saying exactly what is wrong."""
+    return validate_job(decode_body(body), settings)
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Bytes off the wire → a JSON object (job request or bucket notification), or MalformedMessage."""
     if len(body) > MAX_BODY_BYTES:
         raise SchemaInvalid(f"message body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
@@ -189,7 +194,7 @@ def parse_job(body: bytes, settings: Settings | None = None) -> JobRequest:
         raise MalformedMessage(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MalformedMessage(f"body must be a JSON object, not {type(data).__name__}")
-    return validate_job(data, settings)
+    return data
 
 
 def validate_job(data: dict[str, Any], settings: Settings | None = None) -> JobRequest:

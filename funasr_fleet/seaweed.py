@@ -27,6 +27,8 @@ from types import TracebackType
 
 import structlog
 
+from funasr_fleet.pids import pid_alive
+
 log = structlog.get_logger(__name__)
 
 # Named ports of `weed mini`; the S3 one is what clients use, the rest must merely not collide.
@@ -121,7 +123,7 @@ class SeaweedServer:
     def running(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._pid is not None and _pid_alive(self._pid)
+        return self._pid is not None and pid_alive(self._pid, reap=True)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -279,7 +281,7 @@ class SeaweedServer:
                 pass
         else:
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _pid_alive(pid):
+            while time.monotonic() < deadline and pid_alive(pid, reap=True):
                 time.sleep(0.1)
         self._proc = None
         self._pid = None
@@ -345,27 +347,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    # A zombie child still "exists"; reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 @atexit.register

@@ -8,6 +8,7 @@ generated from this model (``funasr-fleet config-reference``) and a test keeps i
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -212,6 +213,26 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+
+    def to_env(self) -> dict[str, str]:
+        """``FLEET_<SECTION>__<KEY>`` variables reproducing these settings in a child process (secrets included)."""
+        env: dict[str, str] = {}
+        for section_name in type(self).model_fields:
+            section = getattr(self, section_name)
+            for key in type(section).model_fields:
+                value = getattr(section, key)
+                if value is None:
+                    continue
+                if isinstance(value, SecretStr):
+                    text = value.get_secret_value()
+                elif isinstance(value, bool):
+                    text = "true" if value else "false"
+                elif isinstance(value, (list, dict)):
+                    text = json.dumps(value)
+                else:
+                    text = str(value)
+                env[f"FLEET_{section_name.upper()}__{key.upper()}"] = text
+        return env
 
     @classmethod
     def settings_customise_sources(

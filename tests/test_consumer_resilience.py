@@ -7,7 +7,6 @@ which is many AMQP heartbeat intervals (the tests set ``amqp.heartbeat_s`` to 1)
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -23,7 +23,6 @@ from funasr_fleet.errors import (
     UnsupportedSchemaVersion,
 )
 from funasr_fleet.jobs import (
-    JobRequest,
     S3Location,
     derived_job_id,
     job_id_for_object,
@@ -306,7 +305,7 @@ def test_job_id_for_object() -> None:
     assert a != job_id_for_object("inbox", "a.wav", "0123abce")  # a new version is a new job
     assert a != job_id_for_object("inbox2", "a.wav", "0123abcd")
     assert job_id_for_object("ab", "c", "e") != job_id_for_object("a", "bc", "e")  # no ambiguity in joins
-    assert jobs._JOB_ID.match(a), "object ids must be valid job ids"
+    assert jobs.JOB_ID_RE.match(a), "object ids must be valid job ids"
 
 
 # --- small helpers -----------------------------------------------------------------------------------

@@ -14,9 +14,7 @@ Guarantees kept here:
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -32,9 +30,9 @@ from funasr_fleet import events, metrics, topology
 from funasr_fleet.consumer.connection import Bridge, Delivery, JobCancelled, JobSlot
 from funasr_fleet.engine.audio import decode, probe
 from funasr_fleet.engine.transcript import TranscribeOptions, Transcript
-from funasr_fleet.errors import FleetError, JobTimeout, MalformedMessage, ObjectNotFound, SchemaInvalid
+from funasr_fleet.errors import FleetError, JobTimeout, ObjectNotFound
 from funasr_fleet.storage import WriteConflict
-from funasr_fleet.jobs import MAX_BODY_BYTES, JobRequest, message_kind, validate_job
+from funasr_fleet.jobs import JOB_ID_RE, JobRequest, decode_body, message_kind, validate_job
 from funasr_fleet.manifest import (
     CACHE_DIR,
     Manifest,
@@ -44,6 +42,7 @@ from funasr_fleet.manifest import (
     options_hash,
 )
 from funasr_fleet.outputs import FORMATS, OutputMeta, parse_json, render
+from funasr_fleet.pids import pid_alive
 from funasr_fleet.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from funasr_fleet.storage import Storage
 
 log = structlog.get_logger("funasr_fleet.consumer.handler")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as jobs.py: only a valid id names events
 
 _BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-exchange", "x-first-death-queue",
                    "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")  # fmt: skip
@@ -100,9 +98,9 @@ class JobHandler:
         metrics.job_started(_queue_wait(delivery))
         tmp: Path | None = None
         try:
-            data = _decode_body(delivery.body)
+            data = decode_body(delivery.body)
             att.metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-            if isinstance(data.get("job_id"), str) and _JOB_ID.match(data["job_id"]):
+            if isinstance(data.get("job_id"), str) and JOB_ID_RE.match(data["job_id"]):
                 att.job_id = data["job_id"]
             if message_kind(data) == "s3-event":
                 self._fan_out(att, data, bridge)
@@ -451,7 +449,7 @@ def sweep_stale_staging(root: Path) -> int:
         return 0
     for entry in entries:
         pid_text = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or pid_alive(int(pid_text)):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
@@ -460,26 +458,7 @@ def sweep_stale_staging(root: Path) -> int:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
-
-
-def _decode_body(body: bytes) -> dict[str, Any]:
-    if len(body) > MAX_BODY_BYTES:
-        raise SchemaInvalid(f"message body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedMessage(f"body must be a JSON object, not {type(data).__name__}")
-    return data
 
 
 def _fallback_id(delivery: Delivery) -> str:

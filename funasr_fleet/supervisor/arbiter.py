@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from funasr_fleet import exitcodes, metrics
 from funasr_fleet.logs import get_logger
+from funasr_fleet.pids import pid_alive
 from funasr_fleet.settings import Settings
 from funasr_fleet.supervisor import heartbeat
 from funasr_fleet.supervisor.policy import Action, Cause, RestartPolicy, ThreadPlan, classify
@@ -552,18 +553,11 @@ def make_run_dir(state_dir: Path | None) -> Path:
             pid = int(old.name.split("-")[1])
         except (IndexError, ValueError):
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(old, ignore_errors=True)
     run_dir = base / f"run-{os.getpid()}-{int(time.time() * 1000)}"
     run_dir.mkdir()
     return run_dir
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
