@@ -9,6 +9,7 @@ second abandons the job (nack requeue) and exits.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import socket
@@ -93,6 +94,9 @@ def run_consumer(
     hb = Heartbeat(settings.consumer.heartbeat_file)
     supervisor_pid = _supervisor_pid()
     if supervisor_pid is not None:
+        # The supervisor sends SIGABRT to a hung consumer: print every thread's stack first, so
+        # the log says where it hung (inference? a socket?) before the SIGKILL.
+        faulthandler.enable(all_threads=True)
         _die_with_parent()
         if os.getppid() != supervisor_pid:
             return exitcodes.ORPHANED
