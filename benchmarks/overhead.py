@@ -91,7 +91,7 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
     cores = cores or usable_cores()
     count = 20 if quick else 60
     k = 8 if quick else 16
-    rounds = 2 if quick else 3
+    rounds = 3 if quick else 5
     batch_clip = common.clip(30 if quick else 60)
     src = common.clip(10)
     work = common.workdir("fleet-bench-overhead-")

@@ -82,7 +82,7 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
 
     cores = cores or usable_cores()
     clip_s = 30 if quick else 60
-    k = 8 if quick else 16
+    k = 12 if quick else 16
     src = common.clip(clip_s)
     duration = common.audio_seconds(src)
     work = common.workdir("fleet-bench-scaling-")
