@@ -171,7 +171,7 @@ def run(quick: bool = True) -> dict[str, Any]:
     by = {r["consumers"]: r for r in rows}
     one, two = by[1], by[2]
     clip = str(common.clip(10))
-    base = {"clip": clip, "children": 2, "jobs": 2 if quick else 5, "watchdog_s": 60}
+    base = {"clip": clip, "children": 2, "jobs": 2 if quick else 5, "watchdog_s": 30}
     variants = [
         {**base, "parent_threads": 1, "child_threads": 1, "gc_freeze": False},
         {**base, "parent_threads": 1, "child_threads": 1, "gc_freeze": True},
