@@ -425,9 +425,19 @@ def delete_topology(settings: Any) -> None:
     except Exception:
         return
     try:
-        topology.delete(conn.channel(), settings.amqp, settings.consumer)
-    except Exception:
-        pass
+        # one channel per entity: a 404 closes the channel, and the broker is shared
+        a, c = settings.amqp, settings.consumer
+        queues = [a.jobs_queue, a.dead_letter_queue] + [t.queue for t in topology.retry_tiers(a, c)]
+        exchanges = [a.jobs_exchange, a.dead_letter_exchange, a.retry_exchange, a.events_exchange]
+        for kind, names in (("queue", queues), ("exchange", exchanges)):
+            for name in names:
+                try:
+                    ch = conn.channel()
+                    (ch.queue_delete if kind == "queue" else ch.exchange_delete)(name)
+                    ch.close()
+                except Exception:
+                    if not conn.is_open:
+                        return
     finally:
         try:
             conn.close()

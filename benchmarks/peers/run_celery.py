@@ -91,6 +91,9 @@ def _delete_entities(settings: Any, name: str) -> None:
             ch = conn.channel()
             ch.queue_delete(name)
             ch.exchange_delete(name)
+            # what Celery declares besides: the client's default queue exchange, remote control
+            for extra in ("fleet-peer.celery", "celery.pidbox", "reply.celery.pidbox", "celeryev"):
+                ch.exchange_delete(extra)
         finally:
             conn.close()
     except Exception:
