@@ -425,19 +425,9 @@ def delete_topology(settings: Any) -> None:
     except Exception:
         return
     try:
-        # one channel per entity: a 404 closes the channel, and the broker is shared
-        a, c = settings.amqp, settings.consumer
-        queues = [a.jobs_queue, a.dead_letter_queue] + [t.queue for t in topology.retry_tiers(a, c)]
-        exchanges = [a.jobs_exchange, a.dead_letter_exchange, a.retry_exchange, a.events_exchange]
-        for kind, names in (("queue", queues), ("exchange", exchanges)):
-            for name in names:
-                try:
-                    ch = conn.channel()
-                    (ch.queue_delete if kind == "queue" else ch.exchange_delete)(name)
-                    ch.close()
-                except Exception:
-                    if not conn.is_open:
-                        return
+        topology.delete(conn.channel(), settings.amqp, settings.consumer)
+    except Exception:
+        pass  # best effort: the broker is shared and may be bouncing
     finally:
         try:
             conn.close()

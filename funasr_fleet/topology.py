@@ -164,9 +164,22 @@ def declare(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSett
 
 
 def delete(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSettings) -> None:
-    """Remove everything :func:`declare` made (tests and `topology delete`); missing parts are fine."""
+    """Remove everything :func:`declare` made (tests, benchmarks, `topology delete`).
+
+    A missing part is skipped: the broker answers it by closing the channel, so each later entity
+    gets a fresh channel on the same connection.
+    """
+    import pika.exceptions
+
     queues = [amqp.jobs_queue, amqp.dead_letter_queue] + [t.queue for t in retry_tiers(amqp, consumer)]
-    for queue in queues:
-        channel.queue_delete(queue)
-    for exchange in (amqp.jobs_exchange, amqp.dead_letter_exchange, amqp.retry_exchange, amqp.events_exchange):
-        channel.exchange_delete(exchange)
+    exchanges = [amqp.jobs_exchange, amqp.dead_letter_exchange, amqp.retry_exchange, amqp.events_exchange]
+    for kind, name in [("queue", q) for q in queues] + [("exchange", e) for e in exchanges]:
+        if not channel.is_open:
+            channel = channel.connection.channel()
+        try:
+            if kind == "queue":
+                channel.queue_delete(name)
+            else:
+                channel.exchange_delete(name)
+        except pika.exceptions.ChannelClosedByBroker:
+            continue
