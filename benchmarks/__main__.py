@@ -7,8 +7,9 @@ Sections (each also runs alone as ``python -m benchmarks.<name>``):
   oversubscribed layouts for contrast;
 - ``overhead``: per-job fixed overhead on a 10 s clip, and the Celery prefork peer side by side
   (makespan, overhead, RSS per worker);
-- ``memory``: RSS/PSS per consumer for 1, 2, 4 consumers; the copy-on-write (load-then-fork)
-  experiment;
+- ``memory``: RSS/PSS per consumer for 1, 2, 4 consumers, fresh interpreters and
+  ``supervisor.preload = fork`` side by side (memory, makespan, kill → replaced); the
+  copy-on-write (load-then-fork) experiment behind preload's design;
 - ``fleet``: the supervisor's own layout benchmark (threads chosen by the supervisor);
 - ``engine``: the engine alone (load, RTF, RSS, threads-per-process layouts).
 
@@ -43,6 +44,11 @@ HEADLINE = {
     "pss_per_consumer_mb": ("memory", "pss_per_consumer_mb"),
     "extra_consumer_rss_fraction": ("memory", "extra_consumer_rss_fraction"),
     "cow_saving_vs_two_consumers_mb": ("memory", "cow_saving_vs_two_consumers_mb"),
+    "preload_saving_mb_n2": ("memory", "preload_saving_mb_n2"),
+    "preload_saving_mb_n4": ("memory", "preload_saving_mb_n4"),
+    "preload_makespan_ratio_n2": ("memory", "preload_makespan_ratio_n2"),
+    "replace_s_exec": ("memory", "replace_s_exec"),
+    "replace_s_fork": ("memory", "replace_s_fork"),
 }
 
 

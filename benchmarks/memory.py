@@ -6,11 +6,17 @@ sharing them) and USS (private pages) from /proc/<pid>/smaps_rollup. RSS double-
 library pages, so the marginal cost of one more consumer is measured with PSS:
 ``extra_consumer_rss_fraction = (ΣPSS(N=2) − ΣPSS(N=1)) / ΣPSS(N=1)``.
 
-Part 2, copy-on-write (NOT what the fleet does): a "zygote" process loads the Engine, runs one
+The same fleet with ``supervisor.preload = "fork"`` (consumers forked from a zygote that loaded
+the model once): ΣPSS of consumers + zygote against the fresh-interpreter fleet, the batch
+makespan of both (sharing pages must not slow inference), and the time from SIGKILL of a ready
+consumer to its replacement being ready (a fork needs no model load).
+
+Part 2, the experiment that decided how preload may work: a process loads the Engine, runs one
 warm-up, then ``os.fork()``s children that transcribe with the inherited model. Measured: child
 USS/PSS, whether the children's outputs are byte-identical to the parent's, and whether a child
 hangs (a watchdog ``alarm``). Variants: ``gc.freeze()`` before fork; a parent that ran inference
-with 2 OpenMP threads before forking (the classic fork-after-OpenMP hazard).
+with 2 OpenMP threads before forking (the classic fork-after-OpenMP hazard: it hangs, so the
+fleet's zygote loads with one thread and never runs inference).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from benchmarks import common
 
 
 # --- part 1: the fleet -------------------------------------------------------------------------
-def fleet_memory(counts: list[int], jobs_per_consumer: int = 2) -> list[dict[str, Any]]:
+def fleet_memory(counts: list[int], jobs_per_consumer: int = 2, preload: str = "none") -> list[dict[str, Any]]:
     src = common.clip(10)
     work = common.workdir("fleet-bench-memory-")
     s3 = common.S3(work).start()
@@ -35,30 +41,56 @@ def fleet_memory(counts: list[int], jobs_per_consumer: int = 2) -> list[dict[str
     try:
         key = s3.upload(src, "memory/clip10.wav")
         for n in counts:
-            settings = common.bench_settings(s3, threads=1)
+            # restarts without backoff: "kill → replaced" then measures the boot itself
+            settings = common.bench_settings(s3, threads=1, supervisor={"preload": preload, "restart_backoff_base_s": 0.01})
             got: dict[str, Any] = {}
 
             def read(fleet: common.Fleet) -> None:
                 got["consumers"] = [common.mem_mb(p) for p in fleet.ready_pids()]
                 got["supervisor"] = common.mem_mb(fleet.proc.pid) if fleet.proc else {}
+                zygote = fleet.status().get("zygote")
+                got["zygote"] = common.mem_mb(zygote["pid"]) if zygote else {}
+                got["replace_s"] = replace_time(fleet)
 
-            common.run_fleet_batch(settings, s3, [key] * (n * jobs_per_consumer), n, 1, work, keep=read)
+            batch = common.run_fleet_batch(settings, s3, [key] * (n * jobs_per_consumer), n, 1, work, keep=read)
             cons = got["consumers"]
+            zygote_pss = got["zygote"].get("pss_mb", 0.0)
             rows.append({
+                "preload": preload,
                 "consumers": n,
                 "rss_mb_each": sum(c["rss_mb"] for c in cons) / len(cons),
                 "pss_mb_each": sum(c["pss_mb"] for c in cons) / len(cons),
                 "uss_mb_each": sum(c["uss_mb"] for c in cons) / len(cons),
                 "rss_mb_total": sum(c["rss_mb"] for c in cons),
                 "pss_mb_total": sum(c["pss_mb"] for c in cons),
+                "zygote_pss_mb": zygote_pss,
+                "fleet_pss_mb": sum(c["pss_mb"] for c in cons) + zygote_pss,  # what the fleet costs
                 "supervisor_rss_mb": got["supervisor"].get("rss_mb", float("nan")),
+                "makespan_s": batch.makespan_s,
+                "replace_s": got["replace_s"],
             })  # fmt: skip
-            common.log(f"memory N={n}: RSS/consumer {rows[-1]['rss_mb_each']:.0f} MiB, "
-                       f"PSS/consumer {rows[-1]['pss_mb_each']:.0f} MiB")  # fmt: skip
+            common.log(f"memory preload={preload} N={n}: RSS/consumer {rows[-1]['rss_mb_each']:.0f} MiB, "
+                       f"PSS/consumer {rows[-1]['pss_mb_each']:.0f} MiB, fleet ΣPSS {rows[-1]['fleet_pss_mb']:.0f} MiB, "
+                       f"replace {rows[-1]['replace_s']:.2f} s")  # fmt: skip
     finally:
         s3.stop()
         common.remove(work)
     return rows
+
+
+def replace_time(fleet: common.Fleet, timeout: float = 180.0) -> float:
+    """Seconds from SIGKILL of one ready consumer until the fleet has all its consumers ready again."""
+    pids = fleet.ready_pids()
+    victim = pids[0]
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        now = fleet.ready_pids()
+        if len(now) >= len(pids) and victim not in now:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return float("nan")
 
 
 # --- part 2: copy-on-write experiment (runs in a fresh interpreter) -------------------------------
@@ -168,7 +200,9 @@ def cow_probe(config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
 def run(quick: bool = True) -> dict[str, Any]:
     counts = [1, 2, 4]
     rows = fleet_memory(counts)
+    fork_rows = fleet_memory(counts, preload="fork")
     by = {r["consumers"]: r for r in rows}
+    fby = {r["consumers"]: r for r in fork_rows}
     one, two = by[1], by[2]
     clip = str(common.clip(10))
     base = {"clip": clip, "children": 2, "jobs": 2 if quick else 5, "watchdog_s": 30}
@@ -191,6 +225,14 @@ def run(quick: bool = True) -> dict[str, Any]:
         "rss_per_consumer_mb": one["rss_mb_each"],
         "pss_per_consumer_mb": one["pss_mb_each"],
         "extra_consumer_rss_fraction": (two["pss_mb_total"] - one["pss_mb_total"]) / one["pss_mb_total"],
+        "preload_rows": fork_rows,
+        # supervisor.preload = fork against fresh interpreters (ΣPSS of consumers, + zygote for fork)
+        "preload_saving_mb_n2": two["fleet_pss_mb"] - fby[2]["fleet_pss_mb"],
+        "preload_saving_mb_n4": by[4]["fleet_pss_mb"] - fby[4]["fleet_pss_mb"],
+        "preload_extra_consumer_pss_mb": fby[2]["fleet_pss_mb"] - fby[1]["fleet_pss_mb"],
+        "preload_makespan_ratio_n2": fby[2]["makespan_s"] / two["makespan_s"],
+        "replace_s_exec": two["replace_s"],
+        "replace_s_fork": fby[2]["replace_s"],
         "cow": cow,
     }
     if best is not None and best.get("child_uss_mb"):
@@ -204,12 +246,20 @@ def run(quick: bool = True) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> str:
     text = common.table(
-        "Memory per consumer (fresh interpreters, tiny models, after jobs ran)",
-        ["consumers", "RSS/consumer MiB", "PSS/consumer MiB", "USS/consumer MiB", "ΣPSS MiB", "supervisor RSS MiB"],
-        [(r["consumers"], r["rss_mb_each"], r["pss_mb_each"], r["uss_mb_each"], r["pss_mb_total"],
-          r["supervisor_rss_mb"]) for r in result["rows"]],  # fmt: skip
+        "Memory per consumer (tiny models, after jobs ran); preload = fork adds the zygote to ΣPSS",
+        ["preload", "consumers", "RSS/consumer MiB", "PSS/consumer MiB", "USS/consumer MiB", "ΣPSS MiB (+zygote)",
+         "batch makespan s", "kill → replaced ready s"],
+        [(r["preload"], r["consumers"], r["rss_mb_each"], r["pss_mb_each"], r["uss_mb_each"], r["fleet_pss_mb"],
+          r["makespan_s"], r["replace_s"]) for r in [*result["rows"], *result.get("preload_rows", [])]],  # fmt: skip
     )
-    text += f"\nextra consumer / first consumer (PSS): **{result['extra_consumer_rss_fraction']:.2f}**\n\n"
+    text += f"\nextra consumer / first consumer (PSS, fresh interpreters): **{result['extra_consumer_rss_fraction']:.2f}**\n"
+    if "preload_saving_mb_n2" in result:
+        text += (f"preload = fork saves **{result['preload_saving_mb_n2']:.0f} MiB** (2 consumers) and "
+                 f"**{result['preload_saving_mb_n4']:.0f} MiB** (4 consumers) of ΣPSS; one more forked consumer costs "
+                 f"{result['preload_extra_consumer_pss_mb']:.0f} MiB; makespan fork ÷ exec (N=2) "
+                 f"{result['preload_makespan_ratio_n2']:.2f}; a killed consumer is ready again in "
+                 f"{result['replace_s_fork']:.2f} s (fork) vs {result['replace_s_exec']:.2f} s (exec)\n")  # fmt: skip
+    text += "\n"
 
     def avg(xs: list[float]) -> float:
         return sum(xs) / len(xs) if xs else float("nan")

@@ -174,6 +174,11 @@ class SupervisorSettings(_Section):
     abort_grace_s: float = Field(
         5.0, gt=0, description="After SIGABRT to a hung consumer, wait this long before SIGKILL."
     )
+    preload: Literal["none", "fork"] = Field(
+        "none",
+        description="fork = load the model once in a zygote and fork consumers from it: weights shared "
+        "copy-on-write, restarts in milliseconds; CPU only. none = each consumer loads its own.",
+    )
 
 
 class IntakeSettings(_Section):

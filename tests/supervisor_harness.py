@@ -158,6 +158,8 @@ class Fleet:
             return {}
         data = json.loads(body)
         self.seen_pids.update(c["pid"] for c in data["consumers"])
+        if data.get("zygote"):
+            self.seen_pids.add(data["zygote"]["pid"])
         return data
 
     def ready_pids(self) -> list[int]:

@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, wait this long for running jobs (supervisor.grace_period_s)",
     )
     parser.add_argument(
+        "--preload", choices=("none", "fork"), default=None,
+        help="fork = load the model once and fork consumers from it (shared weights, CPU only) (supervisor.preload)",
+    )
+    parser.add_argument(
         "--consumer-command", default=None, metavar="CMD",
         help="advanced: command that starts one consumer (default: this python -m funasr_fleet consume)",
     )
@@ -60,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             "http_host": args.http_host,
             "http_port": args.http_port,
             "grace_period_s": args.grace_period,
+            "preload": args.preload,
         }.items()
         if value is not None
     }
@@ -82,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
             threads=plan.threads,
             usable_cores=cores,
         )
+    if sup.preload == "fork" and gpu:
+        raise ConfigError(
+            f"supervisor.preload = fork is CPU only (engine.device = {settings.engine.device}): "
+            "CUDA cannot be used in a forked process; use preload = none"
+        )
+    if sup.preload == "fork" and args.consumer_command:
+        raise ConfigError("--consumer-command cannot be used with supervisor.preload = fork (consumers are forks)")
     command = shlex.split(args.consumer_command) if args.consumer_command else None
     arbiter = Arbiter(settings, plan, consumer_command=command)
     server = None

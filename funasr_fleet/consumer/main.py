@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -25,6 +26,9 @@ from funasr_fleet.consumer.connection import ConsumerLoop, Delivery, JobSlot
 from funasr_fleet.consumer.heartbeat import BootBeater, Heartbeat
 from funasr_fleet.errors import ConfigError, FleetError
 from funasr_fleet.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from funasr_fleet.engine.pipeline import Engine
 
 SUPERVISOR_PID_ENV = "FLEET_SUPERVISOR_PID"
 _PR_SET_PDEATHSIG = 1
@@ -36,7 +40,7 @@ def consumer_id(settings: Settings) -> str:
     return settings.consumer.id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _supervisor_pid() -> int | None:
+def supervisor_pid_from_env() -> int | None:
     raw = os.environ.get(SUPERVISOR_PID_ENV)
     if not raw:
         return None
@@ -46,7 +50,7 @@ def _supervisor_pid() -> int | None:
         return None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGTERM when the parent dies (the loop also polls getppid, and exits 5)."""
     try:
         import ctypes
@@ -57,7 +61,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _boot_failed(hb: Heartbeat, message: str, code: int) -> int:
+def boot_failed(hb: Heartbeat, message: str, code: int) -> int:
     print(f"funasr-fleet consume: boot failed: {message}", file=sys.stderr, flush=True)
     try:
         hb.write("booting", error=message)
@@ -73,10 +77,12 @@ def run_consumer(
     max_jobs: int | None = None,
     on_loop: Callable[[ConsumerLoop], None] | None = None,
     before_connect: Callable[[], None] | None = None,
+    engine: Engine | None = None,
 ) -> int:
     """Run one consumer in this process. ``max_jobs``: stop after that many; ``on_loop`` gets the
     loop before boot (in-process tests stop it with ``loop.request_stop()``); ``before_connect``
-    runs after the model loaded, just before the broker connection (tests tune the broker there).
+    runs after the model loaded, just before the broker connection (tests tune the broker there);
+    ``engine``: one already loaded (a consumer forked from the zygote, consumer/zygote.py).
     """
     from funasr_fleet.logs import setup_logging
 
@@ -87,17 +93,17 @@ def run_consumer(
             hb_path = os.environ.get("FLEET_CONSUMER__HEARTBEAT_FILE")
             from pathlib import Path
 
-            return _boot_failed(Heartbeat(Path(hb_path) if hb_path else None), exc.message, exitcodes.CONFIG)
+            return boot_failed(Heartbeat(Path(hb_path) if hb_path else None), exc.message, exitcodes.CONFIG)
     setup_logging(settings.log.level, settings.log.format)
     cid = consumer_id(settings)
     structlog.contextvars.bind_contextvars(consumer=cid)
     hb = Heartbeat(settings.consumer.heartbeat_file)
-    supervisor_pid = _supervisor_pid()
+    supervisor_pid = supervisor_pid_from_env()
     if supervisor_pid is not None:
         # The supervisor sends SIGABRT to a hung consumer: print every thread's stack first, so
         # the log says where it hung (inference? a socket?) before the SIGKILL.
         faulthandler.enable(all_threads=True)
-        _die_with_parent()
+        die_with_parent()
         if os.getppid() != supervisor_pid:
             return exitcodes.ORPHANED
 
@@ -120,13 +126,17 @@ def run_consumer(
         try:
             from funasr_fleet.engine.threads import configure_threads
 
-            configure_threads(settings.engine.threads)  # before anything imports torch
+            threads = configure_threads(settings.engine.threads)  # before anything imports torch
             from funasr_fleet import events
             from funasr_fleet.consumer.handler import JobHandler
             from funasr_fleet.engine.pipeline import Engine
             from funasr_fleet.storage import Storage
 
-            engine = Engine(settings.engine)
+            preloaded = engine is not None
+            if engine is None:
+                engine = Engine(settings.engine)
+            else:
+                engine.threads = threads  # forked from the one-thread zygote: this process's count
             storage = Storage(settings.s3)
             handler = JobHandler(settings, engine, storage, events.default_source(cid))
             loop.runner, loop.on_timeout = handler, handler.on_timeout
@@ -140,9 +150,15 @@ def run_consumer(
         except Exception as exc:  # noqa: BLE001 - any boot failure is reported, not raised
             error = (f"{type(exc).__name__}: {exc}", exitcodes.BOOT_FAILURE)
     if error is not None:
-        return _boot_failed(hb, *error)
+        return boot_failed(hb, *error)
 
-    log.info("consumer booted", fingerprint=engine.identity.fingerprint[:16], queue=settings.amqp.jobs_queue)
+    log.info(
+        "consumer booted",
+        fingerprint=engine.identity.fingerprint[:16],
+        queue=settings.amqp.jobs_queue,
+        threads=engine.threads,
+        preloaded=preloaded,
+    )
     try:
         code = loop.run()
     finally:

@@ -5,9 +5,13 @@ all work happens in the loop: reap children (``waitpid(-1, WNOHANG)``), read hea
 hung children, restart dead ones with backoff, roll on SIGHUP, drain on SIGTERM/SIGINT.
 
 Consumers are fresh interpreters (``python -m funasr_fleet consume``), never forks of this
-process: forking after imports is unsafe with CUDA and threads. They run in their own process
-group so a terminal's Ctrl-C reaches only the supervisor, which then drains them once (a second
-signal would make a consumer abandon its job). The supervisor never imports the engine.
+process: forking after imports is unsafe with CUDA and threads. With ``supervisor.preload =
+"fork"`` they are forks of a zygote instead (a fresh interpreter that loaded the model with one
+thread and never runs it; consumer/zygote.py): the zygote is a child in slot ``ZYGOTE`` with its
+own heartbeat, restart policy and rolling restart, and its forks are re-parented to this process
+(a child subreaper), so everything below treats them like exec'd consumers. Children run in their
+own process group so a terminal's Ctrl-C reaches only the supervisor, which then drains them once
+(a second signal would make a consumer abandon its job). The supervisor never imports the engine.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from funasr_fleet import exitcodes, metrics
 from funasr_fleet.logs import get_logger
 from funasr_fleet.pids import pid_alive
 from funasr_fleet.settings import Settings
-from funasr_fleet.supervisor import heartbeat
+from funasr_fleet.supervisor import heartbeat, preload
 from funasr_fleet.supervisor.policy import Action, Cause, RestartPolicy, ThreadPlan, classify
 
 log = get_logger("supervisor")
@@ -39,6 +43,9 @@ log = get_logger("supervisor")
 TICK_S = 0.25
 STDERR_TAIL_LINES = 20
 HEALTHZ_STALE_S = 10.0
+ZYGOTE = -1  # the slot of the zygote (preload = fork); consumer slots are 0..N-1
+SPAWN_TIMEOUT_S = 10.0  # a zygote that does not answer a spawn request in this time is killed
+SPAWN_RETRY_S = 1.0
 
 
 def default_consumer_command() -> list[str]:
@@ -51,7 +58,7 @@ class Child:
 
     slot: int
     gen: int
-    popen: subprocess.Popen[bytes]
+    pid: int
     hb_path: Path
     started_mono: float
     last_beat_wall: float
@@ -66,10 +73,12 @@ class Child:
     kill_at: float | None = None
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     reader: threading.Thread | None = None
+    returncode: int | None = None
+    sock: socket.socket | None = None  # the zygote's: spawn requests go through it
 
     @property
-    def pid(self) -> int:
-        return self.popen.pid
+    def name(self) -> str:
+        return "zygote" if self.slot == ZYGOTE else "consumer"
 
     def last_words(self) -> str:
         """The best one-line reason for a failure: the heartbeat's error, else stderr's last line."""
@@ -104,6 +113,7 @@ class Arbiter:
         self.sup = settings.supervisor
         self.plan = plan
         self.command = consumer_command or default_consumer_command()
+        self.preload = self.sup.preload == "fork"
         self.policy = RestartPolicy(
             backoff_base_s=self.sup.restart_backoff_base_s,
             backoff_max_s=self.sup.restart_backoff_max_s,
@@ -145,9 +155,16 @@ class Arbiter:
             usable_cores=self.plan.cores,
             run_dir=str(self.run_dir),
             command=self.command,
+            preload=self.sup.preload,
         )
         try:
             self.pending = {slot: time.monotonic() for slot in range(self.plan.consumers)}
+            if self.preload:
+                if not preload.become_subreaper():
+                    self.halt_reason = "supervisor.preload = fork needs Linux (PR_SET_CHILD_SUBREAPER)"
+                    self.exit_code = exitcodes.CONFIG
+                    return self.exit_code
+                self.pending[ZYGOTE] = time.monotonic()
             while True:
                 now = time.monotonic()
                 self.last_tick = now
@@ -178,7 +195,13 @@ class Arbiter:
         """A snapshot for /readyz and /status (read from the HTTP thread: plain values only)."""
         now_wall = time.time()
         consumers = []
+        zygote = None
         for child in list(self.children.values()):
+            if child.slot == ZYGOTE:
+                if self.slots.get(ZYGOTE) == child.pid or zygote is None:
+                    zygote = {"pid": child.pid, "generation": child.gen, "state": child.state,
+                              "heartbeat_age_s": round(now_wall - child.last_beat_wall, 3)}  # fmt: skip
+                continue
             consumers.append(
                 {
                     "slot": child.slot,
@@ -197,8 +220,10 @@ class Arbiter:
             "consumers_wanted": self.plan.consumers,
             "threads_per_consumer": self.plan.threads,
             "ready": self.ready_count(),
-            "alive": len(self.children),
+            "alive": self.alive_count(),
             "loop_age_s": round(time.monotonic() - self.last_tick, 3),
+            "preload": self.sup.preload,
+            "zygote": zygote,
             "consumers": consumers,
         }
 
@@ -206,18 +231,28 @@ class Arbiter:
         return time.monotonic() - self.last_tick < HEALTHZ_STALE_S
 
     def ready_count(self) -> int:
-        now_wall = time.time()
-        count = 0
-        for pid in list(self.slots.values()):
-            child = self.children.get(pid)
-            if (
-                child is not None
-                and child.state in heartbeat.READY_STATES
-                and not child.hung_killed
-                and now_wall - child.last_beat_wall <= self.sup.heartbeat_timeout_s
-            ):
-                count += 1
-        return count
+        return sum(1 for slot in list(self.slots) if slot != ZYGOTE and self._serving_ready(slot) is not None)
+
+    def alive_count(self) -> int:
+        return sum(1 for child in list(self.children.values()) if child.slot != ZYGOTE)
+
+    def _serving_ready(self, slot: int) -> Child | None:
+        """The child serving ``slot`` if it is ready and beating, else None."""
+        pid = self.slots.get(slot)
+        child = self.children.get(pid) if pid is not None else None
+        if (
+            child is not None
+            and child.state in heartbeat.READY_STATES
+            and not child.hung_killed
+            and child.kill_at is None
+            and time.time() - child.last_beat_wall <= self.sup.heartbeat_timeout_s
+        ):
+            return child
+        return None
+
+    def _can_spawn(self, slot: int) -> bool:
+        """Forked consumers need a ready zygote; everything else can start any time."""
+        return not self.preload or slot == ZYGOTE or self._serving_ready(ZYGOTE) is not None
 
     # --- signals ------------------------------------------------------------------------------
 
@@ -244,8 +279,9 @@ class Arbiter:
 
     def _sleep(self) -> None:
         timeout = TICK_S
-        if self.pending and not self.stopping:
-            timeout = max(0.0, min(timeout, min(self.pending.values()) - time.monotonic()))
+        due = [t for slot, t in self.pending.items() if self._can_spawn(slot)]
+        if due and not self.stopping:
+            timeout = max(0.0, min(timeout, min(due) - time.monotonic()))
         if self._signals:
             timeout = 0.0
         assert self._wake_r is not None
@@ -284,46 +320,70 @@ class Arbiter:
 
     # --- processes ----------------------------------------------------------------------------
 
-    def _child_env(self, slot: int, hb_path: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        threads = str(self.plan.threads)
+    def _child_overrides(self, slot: int, hb_path: Path) -> dict[str, str]:
+        """What a child's environment sets on top of the supervisor's (forked children get only this)."""
+        # the zygote loads with one thread: an OpenMP pool started before fork deadlocks children
+        threads = "1" if slot == ZYGOTE else str(self.plan.threads)
         base_id = self.settings.consumer.id or socket.gethostname()
-        env.update(
-            {
-                "FLEET_CONSUMER__HEARTBEAT_FILE": str(hb_path),
-                "FLEET_ENGINE__THREADS": threads,
-                "FLEET_CONSUMER__ID": f"{base_id}-c{slot}",
-                "FLEET_SUPERVISOR_PID": str(os.getpid()),
-                metrics.MULTIPROC_ENV: str(self.run_dir / "metrics"),
-            }
-        )
+        env = {
+            "FLEET_CONSUMER__HEARTBEAT_FILE": str(hb_path),
+            "FLEET_ENGINE__THREADS": threads,
+            "FLEET_CONSUMER__ID": f"{base_id}-zygote" if slot == ZYGOTE else f"{base_id}-c{slot}",
+            "FLEET_SUPERVISOR_PID": str(os.getpid()),
+            metrics.MULTIPROC_ENV: str(self.run_dir / "metrics"),
+        }
         # OpenMP/BLAS read these at library load: the plan wins over inherited values (the
         # engine's configure_threads sets the same from FLEET_ENGINE__THREADS).
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = threads
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning threads stall the other consumers
+        # spinning threads stall the other consumers
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         return env
 
     def _spawn(self, slot: int) -> Child:
         gen = self.gens[slot] = self.gens.get(slot, 0) + 1
-        hb_path = self.hb_dir / f"consumer-{slot}.{gen}.json"
-        popen = subprocess.Popen(  # noqa: S603 - our own interpreter and command
-            self.command,
-            env=self._child_env(slot, hb_path),
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-            process_group=0,
-        )
+        hb_path = self.hb_dir / (f"zygote.{gen}.json" if slot == ZYGOTE else f"consumer-{slot}.{gen}.json")
+        overrides = self._child_overrides(slot, hb_path)
+        sock: socket.socket | None = None
+        if slot != ZYGOTE and self.preload:
+            zygote = self._serving_ready(ZYGOTE)
+            assert zygote is not None and zygote.sock is not None, "spawn without a ready zygote"
+            pid, stderr_fd = preload.request_spawn(zygote.sock, overrides, SPAWN_TIMEOUT_S)
+            stderr: IO[bytes] = os.fdopen(stderr_fd, "rb")
+        else:
+            command, pass_fds = self.command, ()
+            their: socket.socket | None = None
+            if slot == ZYGOTE:
+                sock, their = preload.socket_pair()
+                command, pass_fds = preload.zygote_command(), (their.fileno(),)
+                overrides[preload.ZYGOTE_FD_ENV] = str(their.fileno())
+            try:
+                popen = subprocess.Popen(  # noqa: S603 - our own interpreter and command
+                    command,
+                    env={**os.environ, **overrides},
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    close_fds=True,
+                    pass_fds=pass_fds,
+                    process_group=0,
+                )
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
+            finally:
+                if their is not None:
+                    their.close()
+            assert popen.stderr is not None
+            pid, stderr = popen.pid, popen.stderr
         now = time.monotonic()
-        child = Child(slot=slot, gen=gen, popen=popen, hb_path=hb_path, started_mono=now, last_beat_wall=time.time())
-        assert popen.stderr is not None
+        child = Child(slot=slot, gen=gen, pid=pid, hb_path=hb_path, started_mono=now, last_beat_wall=time.time(), sock=sock)
         child.reader = threading.Thread(
-            target=self._pump_stderr, args=(popen.stderr, child.stderr_tail), name=f"stderr-{popen.pid}", daemon=True
+            target=self._pump_stderr, args=(stderr, child.stderr_tail), name=f"stderr-{pid}", daemon=True
         )
         child.reader.start()
-        self.children[popen.pid] = child
-        log.info("consumer started", slot=slot, pid=popen.pid, generation=gen)
+        self.children[pid] = child
+        log.info(f"{child.name} started", slot=slot, pid=pid, generation=gen, forked=slot != ZYGOTE and self.preload)
         return child
 
     def _pump_stderr(self, stream: IO[bytes], tail: deque[str]) -> None:
@@ -350,11 +410,13 @@ class Arbiter:
 
     def _spawn_due(self, now: float) -> None:
         for slot, due in sorted(self.pending.items()):
-            if due <= now:
+            if due <= now and self._can_spawn(slot):
                 del self.pending[slot]
                 if slot not in self.slots:
                     try:
                         self.slots[slot] = self._spawn(slot).pid
+                    except preload.SpawnError as exc:
+                        self._spawn_failed(slot, exc, now)
                     except (FileNotFoundError, PermissionError) as exc:  # the command itself is wrong
                         self.halt_reason = f"cannot start the consumer command {self.command}: {exc}"
                         self.exit_code = exitcodes.CONFIG
@@ -365,6 +427,15 @@ class Arbiter:
                         delay = self.policy.backoff_max_s
                         log.error("cannot start consumer", slot=slot, error=repr(exc), retry_in_s=delay)
                         self.pending[slot] = now + delay
+
+    def _spawn_failed(self, slot: int, exc: preload.SpawnError, now: float) -> None:
+        """The zygote did not fork a consumer: retry soon; an unresponsive zygote is replaced."""
+        log.error("zygote could not fork a consumer", slot=slot, error=str(exc), retry_in_s=SPAWN_RETRY_S)
+        self.pending[slot] = now + SPAWN_RETRY_S
+        zygote = self._serving_ready(ZYGOTE)
+        if zygote is not None and exc.zygote_unresponsive:
+            zygote.hung_killed = True  # classified as hung: replaced by the restart policy
+            self._send(zygote, signal.SIGKILL)
 
     def _reap(self, now: float) -> None:
         while True:
@@ -378,7 +449,9 @@ class Arbiter:
             metrics.mark_process_dead(pid)
             if child is None:
                 continue
-            child.popen.returncode = os.waitstatus_to_exitcode(status)
+            child.returncode = os.waitstatus_to_exitcode(status)
+            if child.sock is not None:
+                child.sock.close()
             if child.reader is not None:
                 child.reader.join(timeout=1.0)  # let the last stderr lines arrive
             self._read_beat(child)  # a boot error written just before exit
@@ -399,7 +472,7 @@ class Arbiter:
             if death.cause not in (Cause.STOPPED, Cause.CLEAN):
                 fields["last_words"] = child.last_words()
             log_fn = log.info if death.cause in (Cause.STOPPED, Cause.CLEAN, Cause.DEADLINE) else log.warning
-            log_fn("consumer exited: " + death.describe(), **fields)
+            log_fn(f"{child.name} exited: " + death.describe(), **fields)
             try:
                 child.hb_path.unlink(missing_ok=True)
             except OSError:
@@ -415,13 +488,15 @@ class Arbiter:
                 continue
             decision = self.policy.on_death(child.slot, death, now, stopping=self.stopping)
             if decision.action is Action.RESTART:
-                metrics.consumer_restarted(death.cause.value)
+                if child.slot != ZYGOTE:
+                    metrics.consumer_restarted(death.cause.value)
                 self.pending[child.slot] = now + decision.delay_s
                 if decision.delay_s > 0:
                     log.info("consumer restart scheduled", slot=child.slot, delay_s=decision.delay_s)
             elif decision.action is Action.HALT and not self.stopping:
                 detail = child.last_words()
-                self.halt_reason = decision.reason + (f"; cause: {detail}" if detail else "")
+                self.halt_reason = ("zygote (preload = fork): " if child.slot == ZYGOTE else "") + decision.reason
+                self.halt_reason += f"; cause: {detail}" if detail else ""
                 self.exit_code = decision.halt_exit_code
                 log.error(
                     "supervisor halting: " + self.halt_reason,
@@ -450,7 +525,7 @@ class Arbiter:
                 child.ever_ready = True
                 child.ready_since = now
                 self.policy.on_ready(child.slot)
-                log.info("consumer ready", slot=child.slot, pid=child.pid, boot_s=round(now - child.started_mono, 3))
+                log.info(f"{child.name} ready", slot=child.slot, pid=child.pid, boot_s=round(now - child.started_mono, 3))
             if child.ever_ready and not child.stable and child.ready_since is not None:
                 if now - child.ready_since >= self.policy.stable_after_s:
                     child.stable = True
@@ -513,9 +588,17 @@ class Arbiter:
                 old_pid = self.slots.get(slot)
                 if old_pid is None or slot in self.pending:
                     continue  # restarting anyway
-                new = self._spawn(slot)
+                if not self._can_spawn(slot):
+                    self.roll_queue.appendleft(slot)  # wait for the (new) zygote
+                    return
+                try:
+                    new = self._spawn(slot)
+                except preload.SpawnError as exc:
+                    log.error("rolling restart: zygote could not fork a consumer", slot=slot, error=str(exc))
+                    self.roll_queue.appendleft(slot)
+                    return
                 self.rolling = Rolling(slot=slot, old_pid=old_pid, new_pid=new.pid)
-                log.info("rolling restart: new consumer starting", slot=slot, old_pid=old_pid, new_pid=new.pid)
+                log.info(f"rolling restart: new {new.name} starting", slot=slot, old_pid=old_pid, new_pid=new.pid)
                 return
             return
         new = self.children.get(roll.new_pid)
@@ -531,8 +614,9 @@ class Arbiter:
                     old.stop_requested = True
                     self._send(old, signal.SIGTERM)
                     old.kill_at = None
-                log.info("rolling restart: new consumer ready, draining the old one", slot=roll.slot, old_pid=roll.old_pid)
-                metrics.consumer_restarted("rolling")
+                log.info(f"rolling restart: new {new.name} ready, stopping the old one", slot=roll.slot, old_pid=roll.old_pid)
+                if roll.slot != ZYGOTE:
+                    metrics.consumer_restarted("rolling")
             return
         if roll.old_pid not in self.children:
             self.rolling = None
@@ -540,7 +624,7 @@ class Arbiter:
                 log.info("rolling restart finished")
 
     def _update_gauges(self) -> None:
-        metrics.consumers(alive=len(self.children), ready=self.ready_count())
+        metrics.consumers(alive=self.alive_count(), ready=self.ready_count())
 
 
 def make_run_dir(state_dir: Path | None) -> Path:
