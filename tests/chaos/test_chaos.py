@@ -3,7 +3,9 @@
 Real broker (the machine's RabbitMQ), a private SeaweedFS the test stops for ~10 s, a real
 `funasr-fleet supervise` with two real consumers (tiny models). A seeded RNG decides when each
 fault happens, so a failing run can be repeated. Size: ``FLEET_CHAOS_JOBS`` (default 40 in the
-default run); ``test_chaos_full`` (marked slow) runs 200.
+default run); ``test_chaos_full`` (marked slow) runs 200. ``test_chaos_preload_fork`` runs the
+same with consumers forked from a zygote (``supervisor.preload = "fork"``) and SIGKILLs the zygote
+once too.
 
 Afterwards every job must have exactly one manifest and intact outputs (JSON parsed back into a
 Transcript, SRT checked cue by cue), at least one ``job.succeeded`` event and no ``job.failed``;
@@ -60,6 +62,7 @@ class Chaos(threading.Thread):
         self.skipped_kills = 0
         self.broker_restarts: list[float] = []  # seconds unavailable
         self.s3_outages: list[float] = []
+        self.zygote_kills = 0
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -110,6 +113,13 @@ class Chaos(threading.Thread):
             time.sleep(0.1)  # never kill during boot (that counts as a boot failure)
         self.skipped_kills += 1
 
+    def kill_zygote(self) -> None:
+        """SIGKILL the zygote (preload = fork): running consumers must not notice."""
+        zygote = self.fleet.status().get("zygote")
+        if zygote:
+            os.kill(zygote["pid"], signal.SIGKILL)
+            self.zygote_kills += 1
+
     def restart_broker(self) -> None:
         self.broker_restarts.append(harness.restart_broker(self.amqp_url, down_s=3.0))
 
@@ -123,17 +133,19 @@ class Chaos(threading.Thread):
         self.s3_outages.append(time.monotonic() - t)
 
 
-def schedule_for(jobs: int, submit_s: float, rng: random.Random) -> list[tuple[float, str]]:
+def schedule_for(jobs: int, submit_s: float, rng: random.Random, *, preload: str = "none") -> list[tuple[float, str]]:
     window = submit_s + 10
     kills = max(3, jobs // 15)
     plan = [(rng.uniform(3, window), "kill") for _ in range(kills)]
     plan.append((rng.uniform(0.25, 0.4) * window, "restart_broker"))
     plan.append((rng.uniform(0.55, 0.7) * window, "s3_outage"))
+    if preload == "fork":
+        plan.append((rng.uniform(0.4, 0.5) * window, "kill_zygote"))
     return sorted(plan)
 
 
 def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str, audio_dir: Path, tmp_path: Path,
-              capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:  # fmt: skip
+              capsys: pytest.CaptureFixture[str], *, preload: str = "none") -> dict[str, Any]:  # fmt: skip
     from funasr_fleet.storage import Storage
 
     rng = random.Random(SEED)
@@ -159,6 +171,7 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
             "boot_timeout_s": 300.0,
             "heartbeat_timeout_s": 60.0,
             "grace_period_s": 120.0,
+            "preload": preload,
         },
     )
     sources = []
@@ -176,7 +189,7 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
         pace = 0.6
         submit_s = jobs * pace
         t0 = time.monotonic()
-        chaos = Chaos(fleet, own_s3_server, amqp_url, schedule_for(jobs, submit_s, rng), t0)
+        chaos = Chaos(fleet, own_s3_server, amqp_url, schedule_for(jobs, submit_s, rng, preload=preload), t0)
         chaos.start()
         for i, job_id in enumerate(ids):
             delay = t0 + i * pace - time.monotonic()
@@ -245,9 +258,11 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
         summary = {
             "jobs": jobs,
             "consumers": CONSUMERS,
+            "preload": preload,
             "seed": SEED,
             "kills": len(chaos.kills),
             "kills_skipped": chaos.skipped_kills,
+            "zygote_kills": chaos.zygote_kills,
             "killed_busy": sum(1 for k in chaos.kills if k[2] == "busy"),
             "consumer_restarts": restarts,
             "broker_restarts": len(chaos.broker_restarts),
@@ -264,7 +279,8 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
             "wall_s": round(wall, 1),
         }
         with capsys.disabled():
-            print("\n" + harness.summary_table(f"chaos run ({jobs} jobs)", list(summary.items())) + "\n")
+            title = f"chaos run ({jobs} jobs{', preload = fork' if preload == 'fork' else ''})"
+            print("\n" + harness.summary_table(title, list(summary.items())) + "\n")
         report = os.environ.get("FLEET_CHAOS_REPORT")
         if report:
             Path(report).write_text(json.dumps(summary, indent=2))
@@ -314,3 +330,10 @@ def test_chaos(fleet_settings, own_s3_server, amqp_url, audio_dir, engine_env, t
 def test_chaos_full(fleet_settings, own_s3_server, amqp_url, audio_dir, engine_env, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     summary = run_chaos(FULL_JOBS, fleet_settings, own_s3_server, amqp_url, audio_dir, tmp_path, capsys)
     assert summary["kills"] >= 1 and summary["broker_restarts"] == 1 and summary["s3_outages"] == 1
+
+
+@pytest.mark.timeout(900)
+def test_chaos_preload_fork(fleet_settings, own_s3_server, amqp_url, audio_dir, engine_env, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    summary = run_chaos(CI_JOBS, fleet_settings, own_s3_server, amqp_url, audio_dir, tmp_path, capsys, preload="fork")
+    assert summary["kills"] >= 1 and summary["broker_restarts"] == 1 and summary["s3_outages"] == 1
+    assert summary["zygote_kills"] == 1
