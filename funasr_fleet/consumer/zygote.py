@@ -106,6 +106,11 @@ def run_zygote() -> int:
             error = (f"{exc.code}: {exc.message}", exitcodes.BOOT_FAILURE)
         except Exception as exc:  # noqa: BLE001 - any boot failure is reported, not raised
             error = (f"{type(exc).__name__}: {exc}", exitcodes.BOOT_FAILURE)
+    if error is None:
+        threads = _settle_threads()
+        if threads != 1:
+            error = (f"zygote has {threads} threads after loading the model: forking it would be unsafe; "
+                     "use supervisor.preload = none", exitcodes.BOOT_FAILURE)  # fmt: skip
     if error is not None:
         return boot_failed(hb, *error)
 
@@ -145,6 +150,14 @@ def run_zygote() -> int:
     return exitcodes.OK
 
 
+def _settle_threads(timeout_s: float = 5.0) -> int:
+    """The OS thread count once the boot beater's thread has ended (it is joined, but may lag)."""
+    deadline = time.monotonic() + timeout_s
+    while (threads := os_threads()) != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return threads
+
+
 def _spawn(request: dict[str, Any], fds: list[int], sock: socket.socket, engine: Any) -> dict[str, Any]:
     """Double-fork one consumer; returns ``{"pid": N}`` or ``{"error": ...}``."""
     if request.get("op") != "spawn" or len(fds) != 1:
@@ -153,7 +166,7 @@ def _spawn(request: dict[str, Any], fds: list[int], sock: socket.socket, engine:
     if threads != 1:
         # Forking a multi-threaded process copies locks held by threads that do not exist in
         # the child: refuse rather than hand out consumers that may deadlock.
-        return {"error": f"zygote has {threads} threads; forking it would be unsafe"}
+        return {"error": f"zygote has {threads} threads; forking it would be unsafe", "replace": True}
     env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
     pid_r, pid_w = os.pipe()
     middle = os.fork()

@@ -23,7 +23,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 
 class SpawnError(Exception):
-    """The zygote could not fork a consumer (it answered an error, or nothing in time)."""
+    """The zygote could not fork a consumer (it answered an error, or nothing in time).
+
+    ``zygote_unresponsive``: the zygote is of no further use (silent, gone, or unsafe to fork):
+    the supervisor replaces it.
+    """
 
     def __init__(self, message: str, *, zygote_unresponsive: bool = False) -> None:
         super().__init__(message)
@@ -71,7 +75,7 @@ def request_spawn(sock: socket.socket, env: dict[str, str], timeout_s: float) ->
             raise SpawnError("zygote closed its socket", zygote_unresponsive=True)
         reply: dict[str, Any] = json.loads(data)
         if "pid" not in reply:
-            raise SpawnError(str(reply.get("error") or reply))
+            raise SpawnError(str(reply.get("error") or reply), zygote_unresponsive=bool(reply.get("replace")))
         return int(reply["pid"]), read_fd
     except BaseException:
         os.close(read_fd)
