@@ -346,36 +346,9 @@ class Arbiter:
         overrides = self._child_overrides(slot, hb_path)
         sock: socket.socket | None = None
         if slot != ZYGOTE and self.preload:
-            zygote = self._serving_ready(ZYGOTE)
-            assert zygote is not None and zygote.sock is not None, "spawn without a ready zygote"
-            pid, stderr_fd = preload.request_spawn(zygote.sock, overrides, SPAWN_TIMEOUT_S)
-            stderr: IO[bytes] = os.fdopen(stderr_fd, "rb")
+            pid, stderr = self._fork_consumer(overrides)
         else:
-            command, pass_fds = self.command, ()
-            their: socket.socket | None = None
-            if slot == ZYGOTE:
-                sock, their = preload.socket_pair()
-                command, pass_fds = preload.zygote_command(), (their.fileno(),)
-                overrides[preload.ZYGOTE_FD_ENV] = str(their.fileno())
-            try:
-                popen = subprocess.Popen(  # noqa: S603 - our own interpreter and command
-                    command,
-                    env={**os.environ, **overrides},
-                    stdin=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    close_fds=True,
-                    pass_fds=pass_fds,
-                    process_group=0,
-                )
-            except BaseException:
-                if sock is not None:
-                    sock.close()
-                raise
-            finally:
-                if their is not None:
-                    their.close()
-            assert popen.stderr is not None
-            pid, stderr = popen.pid, popen.stderr
+            pid, stderr, sock = self._exec_child(slot, overrides)
         now = time.monotonic()
         child = Child(slot=slot, gen=gen, pid=pid, hb_path=hb_path, started_mono=now, last_beat_wall=time.time(), sock=sock)
         child.reader = threading.Thread(
@@ -385,6 +358,41 @@ class Arbiter:
         self.children[pid] = child
         log.info(f"{child.name} started", slot=slot, pid=pid, generation=gen, forked=slot != ZYGOTE and self.preload)
         return child
+
+    def _fork_consumer(self, overrides: dict[str, str]) -> tuple[int, IO[bytes]]:
+        """A consumer forked by the ready zygote: (pid, its stderr)."""
+        zygote = self._serving_ready(ZYGOTE)
+        assert zygote is not None and zygote.sock is not None, "spawn without a ready zygote"
+        pid, stderr_fd = preload.request_spawn(zygote.sock, overrides, SPAWN_TIMEOUT_S)
+        return pid, os.fdopen(stderr_fd, "rb")
+
+    def _exec_child(self, slot: int, overrides: dict[str, str]) -> tuple[int, IO[bytes], socket.socket | None]:
+        """A fresh interpreter (a consumer, or the zygote with its socket): (pid, its stderr, socket)."""
+        command, pass_fds = self.command, ()
+        sock = their = None
+        if slot == ZYGOTE:
+            sock, their = preload.socket_pair()
+            command, pass_fds = preload.zygote_command(), (their.fileno(),)
+            overrides = {**overrides, preload.ZYGOTE_FD_ENV: str(their.fileno())}
+        try:
+            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and command
+                command,
+                env={**os.environ, **overrides},
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+                pass_fds=pass_fds,
+                process_group=0,
+            )
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        finally:
+            if their is not None:
+                their.close()
+        assert popen.stderr is not None
+        return popen.pid, popen.stderr, sock
 
     def _pump_stderr(self, stream: IO[bytes], tail: deque[str]) -> None:
         """Forward a child's stderr line by line, keeping the last lines for failure messages."""
