@@ -36,9 +36,10 @@ import pika.exceptions
 import structlog
 from pydantic import ValidationError
 
-from funasr_fleet import events, topology
+from funasr_fleet import envelope, events, topology
 from funasr_fleet.errors import BrokerUnavailable, ConfigError, FleetError
 from funasr_fleet.jobs import JobOptions, JobRequest, S3Location, parse_s3_uri
+from funasr_fleet.keys import join_key
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.settings import Settings
 
@@ -49,7 +50,7 @@ MAX_BUFFERED_JOBS = 10_000
 MAX_EVENTS_PER_JOB = 64
 WAIT_TIMEOUT_CODE = "wait_timeout"
 """``JobResult.error_code`` when :meth:`EventWatcher.wait` gave up (the job may still finish)."""
-APP_ID = "funasr-fleet-client"
+APP_ID = envelope.CLIENT_APP_ID
 
 
 @dataclass
@@ -132,14 +133,8 @@ class Publisher:
 
     def publish(self, job: JobRequest, *, reply_to: str | None = None, correlation_id: str | None = None) -> str:
         """Publish one job and wait for the broker's confirm; returns the job id."""
-        props = pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=str(job.job_id),
-            timestamp=int(time.time()),
-            reply_to=reply_to,
-            correlation_id=correlation_id or str(job.job_id),
-            app_id=APP_ID,
+        props = envelope.job_properties(
+            str(job.job_id), app_id=APP_ID, reply_to=reply_to, correlation_id=correlation_id or str(job.job_id)
         )
         amqp = self.settings.amqp
         body = job.to_body()
@@ -505,8 +500,7 @@ def wait(
 
 
 def _default_output(settings: Settings, job_id: str) -> S3Location:
-    base = settings.s3.results_prefix.strip("/")
-    return S3Location(bucket=settings.s3.results_bucket, key=f"{base}/{job_id}" if base else job_id)
+    return S3Location(bucket=settings.s3.results_bucket, key=join_key(settings.s3.results_prefix, job_id))
 
 
 def _from_manifest(settings: Settings, job_id: str, location: S3Location) -> JobResult | None:

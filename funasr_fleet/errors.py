@@ -28,6 +28,26 @@ class ConfigError(FleetError):
     code = "config_invalid"
 
 
+class BootFailure(FleetError):
+    """The consumer could not get ready (broker unreachable past the boot timeout, model load)."""
+
+    code = "boot_failed"
+
+
+class InternalError(FleetError):
+    """An unexpected exception inside a job (a bug or an unforeseen input); retried, bounded by attempts."""
+
+    code = "internal_error"
+    permanent = False
+
+
+class JobCancelled(FleetError):
+    """The consumer loop gave up on this job (deadline passed or forced stop); its result must not be committed."""
+
+    code = "cancelled"
+    permanent = False
+
+
 # --- job request -------------------------------------------------------------------------------
 class JobError(FleetError):
     """The job request cannot be run as given."""
@@ -102,6 +122,12 @@ class EmptyObject(StorageError):
     code = "empty_object"
 
 
+class WriteConflict(StorageError):
+    """A conditional write lost: the object exists (if_none_match) or changed (if_match)."""
+
+    code = "storage_write_conflict"
+
+
 class StorageUnavailable(StorageError):
     """S3 is unreachable or answered 5xx/timeout; worth retrying."""
 
@@ -167,6 +193,28 @@ class ModelLoadError(FleetError):
 
 
 class JobTimeout(FleetError):
-    """The job ran past its deadline."""
+    """The job ran past its deadline; retried (the consumer restarts, so the next attempt gets a fresh one)."""
 
     code = "timeout"
+    permanent = False
+
+
+# --- not job failures ----------------------------------------------------------------------------
+class TranscriptParseError(ValueError):
+    """A JSON document is not a funasr-fleet transcript this version can read.
+
+    A ValueError, not a FleetError: it is raised by a reader (``outputs.parse_json``), never ends a
+    job by itself, and callers that read untrusted documents catch ValueError.
+    """
+
+
+class SpawnError(Exception):
+    """The zygote (``supervisor.preload = "fork"``) could not fork a consumer: it answered an error or nothing.
+
+    ``zygote_unresponsive``: the zygote is of no further use (silent, gone, or unsafe to fork) and
+    the supervisor replaces it. Never leaves the supervisor, so it has no code.
+    """
+
+    def __init__(self, message: str, *, zygote_unresponsive: bool = False) -> None:
+        super().__init__(message)
+        self.zygote_unresponsive = zygote_unresponsive

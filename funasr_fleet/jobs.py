@@ -23,6 +23,7 @@ from funasr_fleet.errors import (
     UnsupportedFormat,
     UnsupportedSchemaVersion,
 )
+from funasr_fleet.keys import join_key
 from funasr_fleet.settings import ALL_FORMATS, Settings
 
 SCHEMA_VERSION = 1
@@ -155,8 +156,7 @@ class JobRequest(BaseModel):
         if self.output is not None:
             return self.output
         base = safe_prefix(settings.s3.results_prefix) if settings.s3.results_prefix else ""
-        prefix = f"{base}/{self.job_id}" if base else str(self.job_id)
-        return S3Location(bucket=settings.s3.results_bucket, key=prefix)
+        return S3Location(bucket=settings.s3.results_bucket, key=join_key(base, str(self.job_id)))
 
     def effective_formats(self, settings: Settings) -> list[str]:
         return self.formats or list(settings.outputs.default_formats)

@@ -14,32 +14,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from funasr_fleet.keys import join_key
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
-CACHE_DIR = "_cache"
-"""Under the results prefix: transcript JSON of past jobs keyed by audio hash + engine + options."""
 
 
 def manifest_key(prefix: str) -> str:
-    return f"{prefix.rstrip('/')}/{MANIFEST_NAME}" if prefix else MANIFEST_NAME
-
-
-def output_key(prefix: str, extension: str) -> str:
-    """Key of one output file: ``<prefix>/transcript<ext>`` (ext with or without its dot)."""
-    ext = extension if extension.startswith(".") else f".{extension}"
-    return f"{prefix.rstrip('/')}/transcript{ext}" if prefix else f"transcript{ext}"
+    """``<output prefix>/manifest.json`` (just the name at the bucket root)."""
+    return join_key(prefix, MANIFEST_NAME)
 
 
 def options_hash(options: dict[str, Any], formats: list[str]) -> str:
-    """Stable hash of what changes the outputs besides the audio and the engine."""
+    """Stable hash (32 hex chars) of what changes the outputs besides the audio and the engine."""
     canon = json.dumps({"options": options, "formats": sorted(formats)}, sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:32]
-
-
-def content_key(audio_sha256: str, engine_fingerprint: str, options: dict[str, Any]) -> str:
-    """Result-reuse key: identical bytes, engine and transcription options give the same transcript."""
-    canon = json.dumps({"a": audio_sha256, "e": engine_fingerprint, "o": options}, sort_keys=True)
-    return hashlib.sha256(canon.encode()).hexdigest()
 
 
 class ManifestInput(BaseModel):
@@ -68,6 +57,7 @@ class Manifest(BaseModel):
     source_deleted: bool = False
 
     def matches(self, *, job_id: str, engine_fingerprint: str, opts_hash: str) -> bool:
+        """Same job, engine and options (the caller checks the input object separately)."""
         return (
             self.job_id == job_id and self.engine_fingerprint == engine_fingerprint and self.options_hash == opts_hash
         )

@@ -30,7 +30,7 @@ from funasr_fleet.engine.transcript import (
     Turn,
     speaker_label,
 )
-from funasr_fleet.errors import UnsupportedFormat
+from funasr_fleet.errors import TranscriptParseError, UnsupportedFormat
 
 __all__ = [
     "FORMATS",
@@ -58,10 +58,6 @@ class OutputMeta:
     source: str  # s3://... URI or local path of the audio
     job_id: str | None = None
     audio: dict[str, Any] | None = None  # container/codec/sample_rate/channels as the decoder saw them
-
-
-class TranscriptParseError(ValueError):
-    """A JSON document is not a funasr-fleet transcript this version can read."""
 
 
 # --- small helpers ---------------------------------------------------------------------------

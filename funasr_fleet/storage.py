@@ -31,6 +31,7 @@ from funasr_fleet.errors import (
     ObjectTooLarge,
     StorageError,
     StorageUnavailable,
+    WriteConflict,
 )
 from funasr_fleet.settings import S3Settings
 
@@ -67,12 +68,6 @@ _DENIED = frozenset(
         "ExpiredToken",
     }
 )
-
-
-class WriteConflict(StorageError):
-    """A conditional write lost: the object exists (if_none_match) or changed (if_match)."""
-
-    code = "storage_write_conflict"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ retry exchange (direct) --delay.<ms>--> <retry>.delay.<ms>ms (quorum, x-message-
 events exchange (topic): job.started / job.progress / job.succeeded / job.failed
 ```
 
-The attempt count travels in the :data:`ATTEMPT_HEADER` header: a transient failure re-publishes
-the body to the delay tier of its attempt with ``attempt + 1``; when the message expires it is
+The attempt count travels in the :data:`ATTEMPT_HEADER` header (properties and header copies:
+envelope.py): a transient failure re-publishes the body to the delay tier of its attempt with
+``attempt + 1`` (the decision: consumer/retries.py); when the message expires it is
 dead-lettered back to the jobs exchange under ``jobs_routing_key``. Delay queue names carry their
 TTL, so changing the retry settings adds queues instead of clashing with existing ones.
 
@@ -40,12 +41,6 @@ ATTEMPT_HEADER = "x-fleet-attempt"
 RETRY_REASON_HEADER = "x-fleet-retry-reason"
 """Error code of the failure that scheduled this retry (for people reading the queues)."""
 DEAD_LETTER_ROUTING_KEY = "dead"
-EVENT_KINDS = ("started", "progress", "succeeded", "failed")
-
-
-def event_routing_key(kind: str) -> str:
-    """Routing key of an event on the topic exchange: ``job.<kind>``."""
-    return f"job.{kind}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import pika
 import pytest
 
 from funasr_fleet import events, topology
-from funasr_fleet.consumer.connection import ConsumerLoop
+from funasr_fleet.consumer.loop import ConsumerLoop
 from funasr_fleet.manifest import MANIFEST_NAME
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from funasr_fleet import exitcodes
-from funasr_fleet.supervisor import heartbeat
+from funasr_fleet import exitcodes, heartbeat
 from funasr_fleet.supervisor.policy import Action, Cause, Death, RestartPolicy, classify, plan_threads
 
 

@@ -11,30 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import BaseModel
 
-from funasr_fleet import topology
+from funasr_fleet import envelope, topology
 from funasr_fleet.settings import Settings
-
-REPLAYED_HEADER = "x-fleet-replayed"
-_DROP_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-delivery-count",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        topology.ATTEMPT_HEADER,
-        topology.RETRY_REASON_HEADER,
-    }
-)
 
 
 class DeadLetter(BaseModel):
@@ -62,8 +47,11 @@ def _summary(props: pika.BasicProperties, body: bytes) -> DeadLetter:
         data = json.loads(body)
         if isinstance(data, dict):
             job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
-            a = data.get("audio")
-            audio = a if isinstance(a, str) else (f"s3://{a.get('bucket')}/{a.get('key')}" if isinstance(a, dict) else None)
+            named = data.get("audio")
+            if isinstance(named, str):
+                audio = named
+            elif isinstance(named, dict):
+                audio = f"s3://{named.get('bucket')}/{named.get('key')}"
     except ValueError:
         pass
     died = first.get("time")
@@ -77,7 +65,7 @@ def _summary(props: pika.BasicProperties, body: bytes) -> DeadLetter:
         last_error=_text(headers.get(topology.RETRY_REASON_HEADER)),
         audio=audio,
         size=len(body),
-        died_at=died.isoformat() if hasattr(died, "isoformat") else (str(died) if died else None),
+        died_at=died.isoformat() if isinstance(died, datetime) else (str(died) if died else None),
     )
 
 
@@ -141,24 +129,16 @@ def _give_back(ch: BlockingChannel, last_tag: int) -> None:
 def replay(settings: Settings, *, limit: int | None = None, job_id: str | None = None) -> list[DeadLetter]:
     """Re-publish matching dead letters as fresh jobs; each is acked only after its copy is confirmed."""
     done: list[DeadLetter] = []
-    a = settings.amqp
+    amqp = settings.amqp
     with _channel(settings) as ch:
-        for tag, props, body in _walk(ch, a.dead_letter_queue):
+        for tag, props, body in _walk(ch, amqp.dead_letter_queue):
             summary = _summary(props, body)
             if not _matches(summary, job_id):
                 continue
-            headers = {k: v for k, v in (props.headers or {}).items() if k not in _DROP_HEADERS}
-            headers[REPLAYED_HEADER] = int(headers.get(REPLAYED_HEADER, 0)) + 1
-            copy = pika.BasicProperties(
-                content_type=props.content_type or "application/json",
-                delivery_mode=2,
-                message_id=props.message_id,
-                correlation_id=props.correlation_id,
-                reply_to=props.reply_to,
-                timestamp=props.timestamp,
-                headers=headers,
-            )
-            ch.basic_publish(a.jobs_exchange, a.jobs_routing_key, body, copy, mandatory=True)  # raises unless confirmed
+            copy = envelope.replay_properties(props)
+            ch.basic_publish(
+                amqp.jobs_exchange, amqp.jobs_routing_key, body, copy, mandatory=True
+            )  # raises unless confirmed
             ch.basic_ack(tag)
             done.append(summary)
             if limit is not None and len(done) >= limit:

@@ -9,6 +9,7 @@ second abandons the job (nack requeue) and exits.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -17,14 +18,14 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from funasr_fleet import exitcodes
-from funasr_fleet.consumer.connection import ConsumerLoop, Delivery, JobSlot
-from funasr_fleet.consumer.heartbeat import BootBeater, Heartbeat
+from funasr_fleet.consumer.loop import ConsumerLoop
 from funasr_fleet.errors import ConfigError, FleetError
+from funasr_fleet.heartbeat import BeatState, BootBeater, Heartbeat
 from funasr_fleet.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -63,10 +64,8 @@ def die_with_parent() -> None:
 
 def boot_failed(hb: Heartbeat, message: str, code: int) -> int:
     print(f"funasr-fleet consume: boot failed: {message}", file=sys.stderr, flush=True)
-    try:
-        hb.write("booting", error=message)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        hb.write(BeatState.BOOTING, error=message)
     log.error("boot failed", error=message, exit_code=code)
     return code
 
@@ -112,11 +111,12 @@ def run_consumer(
     if on_loop is not None:
         on_loop(loop)
     on_main = threading.current_thread() is threading.main_thread()
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, signal.Handlers | Callable[[int, FrameType | None], Any] | int | None] = {}
     if on_main:
+
         def _on_signal(signum: int, frame: FrameType | None) -> None:
             loop.request_stop()
-            log.info("stop requested", signal=signal.Signals(signum).name, count=loop.stop_requests)
+            log.info("stop requested", signal=signal.Signals(signum).name, count=loop.stops.count)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
@@ -151,6 +151,7 @@ def run_consumer(
             error = (f"{type(exc).__name__}: {exc}", exitcodes.BOOT_FAILURE)
     if error is not None:
         return boot_failed(hb, *error)
+    assert engine is not None  # loaded above, or the boot failed
 
     log.info(
         "consumer booted",
@@ -164,11 +165,9 @@ def run_consumer(
     finally:
         if on_main:
             for sig, handler_ in previous.items():
-                signal.signal(sig, handler_)  # type: ignore[arg-type]
-    try:
-        hb.write("draining")
-    except OSError:
-        pass
+                signal.signal(sig, handler_)
+    with contextlib.suppress(OSError):
+        hb.write(BeatState.DRAINING)
     log.info("consumer exiting", exit_code=code, jobs_done=loop.jobs_done)
     return code
 
@@ -177,4 +176,4 @@ def _not_ready(*_: object) -> None:  # pragma: no cover - replaced before the lo
     raise RuntimeError("consumer not booted")
 
 
-__all__ = ["run_consumer", "consumer_id", "Delivery", "JobSlot"]
+__all__ = ["consumer_id", "run_consumer"]

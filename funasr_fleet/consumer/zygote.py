@@ -20,6 +20,7 @@ Liveness and readiness go through the same heartbeat file as a consumer's (``rea
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import json
@@ -36,9 +37,9 @@ from typing import Any
 import structlog
 
 from funasr_fleet import exitcodes
-from funasr_fleet.consumer.heartbeat import BootBeater, Heartbeat
 from funasr_fleet.consumer.main import SUPERVISOR_PID_ENV, boot_failed, die_with_parent, supervisor_pid_from_env
 from funasr_fleet.errors import ConfigError, FleetError
+from funasr_fleet.heartbeat import BeatState, BootBeater, Heartbeat
 from funasr_fleet.settings import load_settings
 from funasr_fleet.supervisor.preload import MAX_MESSAGE, ZYGOTE_FD_ENV
 
@@ -109,8 +110,11 @@ def run_zygote() -> int:
     if error is None:
         threads = _settle_threads()
         if threads != 1:
-            error = (f"zygote has {threads} threads after loading the model: forking it would be unsafe; "
-                     "use supervisor.preload = none", exitcodes.BOOT_FAILURE)  # fmt: skip
+            error = (
+                f"zygote has {threads} threads after loading the model: forking it would be unsafe; "
+                "use supervisor.preload = none",
+                exitcodes.BOOT_FAILURE,
+            )
     if error is not None:
         return boot_failed(hb, *error)
 
@@ -118,14 +122,18 @@ def run_zygote() -> int:
     # copy) every page holding them in every child.
     gc.collect()
     gc.freeze()
-    hb.write("ready")
-    log.info("model preloaded: forking consumers on request", fingerprint=engine.identity.fingerprint[:16], load_s=round(engine.load_s, 3))
+    hb.write(BeatState.READY)
+    log.info(
+        "model preloaded: forking consumers on request",
+        fingerprint=engine.identity.fingerprint[:16],
+        load_s=round(engine.load_s, 3),
+    )
     while not stop:
         try:
             readable, _, _ = select.select([sock], [], [], BEAT_S)
         except InterruptedError:  # pragma: no cover - PEP 475 retries
             readable = []
-        hb.maybe_write("ready", every_s=BEAT_S)
+        hb.maybe_write(BeatState.READY, every_s=BEAT_S)
         if os.getppid() != supervisor_pid:
             log.warning("supervisor gone: zygote exiting")
             return exitcodes.ORPHANED
@@ -220,15 +228,11 @@ def _become_consumer(env: dict[str, str], stderr_fd: int, sock: socket.socket, e
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         os._exit(code)
 
 
 def _close(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass

@@ -35,7 +35,8 @@ from funasr_fleet import exitcodes, metrics
 from funasr_fleet.logs import get_logger
 from funasr_fleet.pids import pid_alive
 from funasr_fleet.settings import Settings
-from funasr_fleet.supervisor import heartbeat, preload
+from funasr_fleet import heartbeat
+from funasr_fleet.supervisor import preload
 from funasr_fleet.supervisor.policy import Action, Cause, RestartPolicy, ThreadPlan, classify
 
 log = get_logger("supervisor")
