@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: setup demo down test test-slow bench
+.PHONY: setup demo down test test-slow bench lint
 
 setup:
 	@scripts/setup.sh
@@ -27,3 +27,9 @@ test-slow: setup
 bench: setup
 	@scripts/services.sh rabbitmq
 	@.venv/bin/python -m benchmarks --quick --json bench-results/bench.json
+
+# Lint (ruff), format check (ruff format) and static types (mypy); configured in pyproject.toml.
+lint: setup
+	@.venv/bin/ruff check funasr_fleet tests benchmarks
+	@.venv/bin/ruff format --check funasr_fleet tests benchmarks
+	@.venv/bin/mypy funasr_fleet

@@ -74,7 +74,8 @@ def get() -> FleetMetrics:
         registry=registry,
         jobs=Counter(
             "fleet_jobs",
-            "Job attempts by outcome (succeeded, duplicate, retried, requeued, failed, ignored, fanned_out) and error code.",
+            "Job attempts by outcome (succeeded, duplicate, retried, requeued, failed, ignored, fanned_out) "
+            "and error code.",
             ["status", "error_code"],
             registry=registry,
         ),
@@ -140,7 +141,7 @@ def job_started(queue_wait_s: float | None) -> None:
 
 
 def job_finished(
-    status: str,
+    status: str,  # consumer.context.Outcome
     error_code: str | None = None,
     duration_s: float | None = None,
     rtf: float | None = None,
@@ -162,12 +163,14 @@ def job_finished(
 
 
 def consumers(alive: int, ready: int) -> None:
+    """The supervisor's gauges: consumer processes running, and those whose heartbeat says ready or busy."""
     m = get()
     m.consumers_alive.set(alive)
     m.consumers_ready.set(ready)
 
 
 def consumer_restarted(cause: str) -> None:
+    """One consumer replaced; ``cause``: a supervisor.policy.Cause value, or ``rolling``."""
     get().restarts.labels(cause=cause).inc()
 
 

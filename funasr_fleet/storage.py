@@ -31,8 +31,8 @@ from funasr_fleet.errors import (
     ObjectTooLarge,
     StorageError,
     StorageUnavailable,
-    WriteConflict,
 )
+from funasr_fleet.errors import WriteConflict as WriteConflict  # re-exported: callers catch it from here
 from funasr_fleet.settings import S3Settings
 
 log = structlog.get_logger(__name__)

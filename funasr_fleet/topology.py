@@ -55,12 +55,12 @@ class RetryTier:
 def backoff_s(attempt: int, consumer: ConsumerSettings) -> float:
     """Un-jittered delay after failed attempt ``attempt`` (1-based): base x 2^(attempt-1), capped."""
     exponent = max(0, attempt - 1)
-    return min(consumer.retry_max_delay_s, consumer.retry_base_delay_s * (2.0**min(exponent, 60)))
+    return min(consumer.retry_max_delay_s, consumer.retry_base_delay_s * (2.0 ** min(exponent, 60)))
 
 
 def tier_for_attempt(attempt: int, amqp: AmqpSettings, consumer: ConsumerSettings) -> RetryTier:
     """The delay queue a message goes to after failed attempt ``attempt``."""
-    delay_ms = max(1, int(round(backoff_s(attempt, consumer) * 1000)))
+    delay_ms = max(1, round(backoff_s(attempt, consumer) * 1000))
     return RetryTier(
         delay_ms=delay_ms,
         queue=f"{amqp.retry_exchange}.delay.{delay_ms}ms",
@@ -88,6 +88,7 @@ def jittered_expiration_ms(tier: RetryTier, rng: random.Random | None = None) ->
 
 
 def jobs_queue_arguments(amqp: AmqpSettings) -> dict[str, Any]:
+    """``x-arguments`` of the jobs queue (quorum, delivery limit, DLX). ConfigError if ``amqp.max_priority``."""
     if amqp.max_priority:
         raise ConfigError(
             "amqp.max_priority must be 0: the jobs queue is a quorum queue and RabbitMQ 3.10 quorum "
@@ -104,6 +105,7 @@ def jobs_queue_arguments(amqp: AmqpSettings) -> dict[str, Any]:
 
 
 def delay_queue_arguments(tier: RetryTier, amqp: AmqpSettings) -> dict[str, Any]:
+    """``x-arguments`` of one delay queue: TTL ``tier.delay_ms``, expired messages back to the jobs exchange."""
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": tier.delay_ms,

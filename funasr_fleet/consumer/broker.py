@@ -206,34 +206,23 @@ class BrokerLink:
 
     def ack(self, delivery: Delivery) -> bool:
         """Done with it. False when its channel is gone (the broker has requeued the message)."""
-        ch = self._channel_of(delivery, "ack")
-        if ch is None:
-            return False
-        ch.basic_ack(delivery.delivery_tag)
-        return True
+        return self._settle(delivery, "ack", lambda ch: ch.basic_ack(delivery.delivery_tag))
 
     def requeue(self, delivery: Delivery) -> bool:
         """Back to the queue (counts as a delivery on a quorum queue). False when its channel is gone."""
-        ch = self._channel_of(delivery, "requeue")
-        if ch is None:
-            return False
-        ch.basic_nack(delivery.delivery_tag, requeue=True)
-        return True
+        return self._settle(delivery, "requeue", lambda ch: ch.basic_nack(delivery.delivery_tag, requeue=True))
 
     def reject(self, delivery: Delivery) -> bool:
         """Dead-letter it through the queue's DLX. False when its channel is gone."""
-        ch = self._channel_of(delivery, "reject")
-        if ch is None:
-            return False
-        ch.basic_nack(delivery.delivery_tag, requeue=False)
-        return True
+        return self._settle(delivery, "reject", lambda ch: ch.basic_nack(delivery.delivery_tag, requeue=False))
 
-    def _channel_of(self, delivery: Delivery, how: str) -> BlockingChannel | None:
+    def _settle(self, delivery: Delivery, how: str, settle: Callable[[BlockingChannel], None]) -> bool:
         ch = self.consume_channel
         if ch is None or ch.is_closed or delivery.generation != self.generation:
             log.warning("cannot settle: the delivery's channel is gone (the broker requeued it)", how=how)
-            return None
-        return ch
+            return False
+        settle(ch)
+        return True
 
 
 def _close_quietly(conn: BlockingConnection) -> None:

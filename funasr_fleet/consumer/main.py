@@ -38,10 +38,12 @@ log = structlog.get_logger("funasr_fleet.consumer.main")
 
 
 def consumer_id(settings: Settings) -> str:
+    """``consumer.id`` (the supervisor sets ``<host>-c<slot>``), else ``<hostname>:<pid>``."""
     return settings.consumer.id or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def supervisor_pid_from_env() -> int | None:
+    """The supervisor's pid from ``FLEET_SUPERVISOR_PID``; None when unset or unreadable (run by hand)."""
     raw = os.environ.get(SUPERVISOR_PID_ENV)
     if not raw:
         return None
@@ -63,6 +65,8 @@ def die_with_parent() -> None:
 
 
 def boot_failed(hb: Heartbeat, message: str, code: int) -> int:
+    """Report a failed boot on stderr and in the heartbeat's ``error`` (the supervisor's halt message
+    names it); returns ``code`` (exitcodes.CONFIG or BOOT_FAILURE) for the caller to exit with."""
     print(f"funasr-fleet consume: boot failed: {message}", file=sys.stderr, flush=True)
     with contextlib.suppress(OSError):
         hb.write(BeatState.BOOTING, error=message)

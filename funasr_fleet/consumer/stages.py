@@ -103,15 +103,15 @@ class JobStages:
 
     def transcribe_or_reuse(self, ctx: JobContext, plan: JobPlan, staging: Path) -> Produced:
         """Fetch the audio into ``staging``; take the transcript from the reuse cache or the engine."""
-        s, job = self.settings, plan.job
+        settings, job = self.settings, plan.job
         suffix = PurePosixPath(job.audio.key).suffix[:16] or ".bin"
         source = self.storage.download(
-            job.audio.bucket, job.audio.key, staging / f"audio{suffix}", max_bytes=s.s3.max_object_bytes
+            job.audio.bucket, job.audio.key, staging / f"audio{suffix}", max_bytes=settings.s3.max_object_bytes
         )
         self.announcer.progress(ctx, "downloaded")
         ctx.check_cancelled()
         key = content_key(source.sha256, plan.fingerprint, plan.options)
-        if s.consumer.result_reuse:
+        if settings.consumer.result_reuse:
             cached = self.cache.get(key)
             if cached is not None:
                 log.info("transcript reused from identical audio", content_key=key[:16])
@@ -119,7 +119,8 @@ class JobStages:
         info = probe(source.path)
         if info.duration_s:
             self._set_deadline(ctx, info.duration_s)
-        decoded = decode(source.path, min_audio_s=s.engine.min_audio_s, max_audio_s=s.engine.max_audio_s)
+        engine_settings = settings.engine
+        decoded = decode(source.path, min_audio_s=engine_settings.min_audio_s, max_audio_s=engine_settings.max_audio_s)
         self._set_deadline(ctx, decoded.duration_s)
         self.announcer.progress(ctx, "decoded")
         source.path.unlink(missing_ok=True)  # the samples are in memory now
@@ -159,8 +160,8 @@ class JobStages:
         a job carries the same data.
         """
         out, job, transcript = plan.output, plan.job, produced.transcript
-        mkey = manifest_key(out.key)
-        manifest_uri = f"s3://{out.bucket}/{mkey}"
+        manifest_at = manifest_key(out.key)
+        manifest_uri = f"s3://{out.bucket}/{manifest_at}"
         rtf = transcript.real_time_factor if produced.reused is None else 0.0
         data = events.EventData(
             job_id=ctx.job_id,
@@ -200,7 +201,7 @@ class JobStages:
         ctx.check_cancelled()
         try:
             self.storage.put_json(
-                out.bucket, mkey, manifest.model_dump(mode="json"), if_none_match=not ctx.manifest_seen
+                out.bucket, manifest_at, manifest.model_dump(mode="json"), if_none_match=not ctx.manifest_seen
             )
         except WriteConflict:
             if self.answer_from_manifest(ctx, plan):

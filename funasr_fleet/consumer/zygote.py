@@ -11,10 +11,9 @@ and NEVER runs inference; before every fork it checks that it has exactly one OS
 child then sets its own thread count, opens its own broker and S3 connections and runs the normal
 consumer loop. CPU only: CUDA cannot be used in a forked child.
 
-Protocol (AF_UNIX SOCK_SEQPACKET, fd in ``FLEET_ZYGOTE_FD``): the supervisor sends
-``{"op": "spawn", "env": {...}}`` with the write end of the child's stderr pipe attached; the
-zygote double-forks so the consumer is re-parented to the supervisor (a child subreaper), which
-reaps and watches it like any consumer, and answers ``{"pid": N}`` or ``{"error": "..."}``.
+Protocol (zygote_protocol.py): the supervisor asks for a consumer with its environment and the
+write end of its stderr pipe; the zygote double-forks so the consumer is re-parented to the
+supervisor (a child subreaper), which reaps and watches it like any consumer, and answers its pid.
 Liveness and readiness go through the same heartbeat file as a consumer's (``ready`` once loaded).
 """
 
@@ -23,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import gc
-import json
 import os
 import select
 import signal
@@ -41,7 +39,15 @@ from funasr_fleet.consumer.main import SUPERVISOR_PID_ENV, boot_failed, die_with
 from funasr_fleet.errors import ConfigError, FleetError
 from funasr_fleet.heartbeat import BeatState, BootBeater, Heartbeat
 from funasr_fleet.settings import load_settings
-from funasr_fleet.supervisor.preload import MAX_MESSAGE, ZYGOTE_FD_ENV
+from funasr_fleet.zygote_protocol import (
+    ZYGOTE_FD_ENV,
+    Reply,
+    error_reply,
+    pid_reply,
+    receive,
+    send_reply,
+    spawn_env,
+)
 
 BEAT_S = 0.5
 REPARENT_TIMEOUT_S = 10.0
@@ -140,18 +146,19 @@ def run_zygote() -> int:
         if not readable or stop:
             continue
         try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 1)
+            received = receive(sock)
         except OSError:
             return exitcodes.OK
-        if not data:
+        if received is None:
             return exitcodes.OK  # the supervisor closed its end
+        request, fds = received
         try:
-            reply = _spawn(json.loads(data), fds, sock, engine)
+            reply = _spawn(request, fds, sock, engine)
         finally:
             for fd in fds:
                 _close(fd)
         try:
-            sock.send(json.dumps(reply).encode())
+            send_reply(sock, reply)
         except OSError:
             return exitcodes.OK
     log.info("zygote stopping")
@@ -166,16 +173,17 @@ def _settle_threads(timeout_s: float = 5.0) -> int:
     return threads
 
 
-def _spawn(request: dict[str, Any], fds: list[int], sock: socket.socket, engine: Any) -> dict[str, Any]:
-    """Double-fork one consumer; returns ``{"pid": N}`` or ``{"error": ...}``."""
-    if request.get("op") != "spawn" or len(fds) != 1:
-        return {"error": f"bad request {request.get('op')!r} with {len(fds)} fds"}
+def _spawn(request: dict[str, Any], fds: list[int], sock: socket.socket, engine: Any) -> Reply:
+    """Double-fork one consumer; returns the pid reply or an error reply (zygote_protocol.py)."""
+    try:
+        env = spawn_env(request, fds)
+    except ValueError as exc:
+        return error_reply(str(exc))
     threads = os_threads()
     if threads != 1:
         # Forking a multi-threaded process copies locks held by threads that do not exist in
         # the child: refuse rather than hand out consumers that may deadlock.
-        return {"error": f"zygote has {threads} threads; forking it would be unsafe", "replace": True}
-    env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
+        return error_reply(f"zygote has {threads} threads; forking it would be unsafe", replace=True)
     pid_r, pid_w = os.pipe()
     middle = os.fork()
     if middle == 0:  # the intermediate: fork the consumer, report its pid, exit (re-parenting it)
@@ -200,8 +208,8 @@ def _spawn(request: dict[str, Any], fds: list[int], sock: socket.socket, engine:
         os.close(pid_r)
         os.waitpid(middle, 0)
     if not raw:
-        return {"error": "fork failed in the intermediate process"}
-    return {"pid": int(raw)}
+        return error_reply("fork failed in the intermediate process")
+    return pid_reply(int(raw))
 
 
 def _become_consumer(env: dict[str, str], stderr_fd: int, sock: socket.socket, engine: Any) -> None:

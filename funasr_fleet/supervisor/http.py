@@ -25,15 +25,15 @@ class _Source(Protocol):
     def loop_alive(self) -> bool: ...
     def ready_count(self) -> int: ...
     def status(self) -> dict[str, Any]: ...
-
-    stopping: bool
+    @property
+    def stopping(self) -> bool: ...
 
 
 class _Handler(BaseHTTPRequestHandler):
     source: _Source  # set on the subclass made by serve()
     server_version = "funasr-fleet"
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
             if path == "/healthz":
@@ -50,7 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self.source.status())
             else:
                 self._json(404, {"error": "not found", "paths": ["/healthz", "/readyz", "/metrics", "/status"]})
-        except Exception as exc:  # a scrape must never take the supervisor down
+        except Exception as exc:  # noqa: BLE001 - a scrape must never take the supervisor down
             log.warning("http handler failed", path=path, error=repr(exc))
             self._json(500, {"error": type(exc).__name__})
 
@@ -64,7 +64,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib signature
         pass  # probes every few seconds would flood the log
 
 

@@ -10,12 +10,12 @@ import os
 import signal
 from collections import deque
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from funasr_fleet import exitcodes
 
 
-class Cause(str, Enum):
+class Cause(StrEnum):
     """Why a consumer went away; also the ``cause`` label of ``fleet_consumer_restarts_total``."""
 
     CLEAN = "clean"  # exit 0 while we did not ask it to stop
@@ -115,7 +115,7 @@ def _cause(exit_code: int | None, sig: int | None, was_ready: bool, stop_request
     return Cause.CRASH
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     RESTART = "restart"
     NONE = "none"  # stopping on purpose: nothing to replace
     HALT = "halt"
