@@ -7,6 +7,7 @@ in seconds; tests/test_supervisor.py also runs the real consumer end to end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -164,13 +165,11 @@ class Fleet:
 
     def ready_pids(self) -> list[int]:
         data = self.status()
-        return sorted(
-            c["pid"] for c in data.get("consumers", []) if c["serving"] and c["state"] in ("ready", "busy")
-        )
+        return sorted(c["pid"] for c in data.get("consumers", []) if c["serving"] and c["state"] in ("ready", "busy"))
 
     def wait_ready(self, count: int, timeout: float = 30.0) -> list[int]:
         return wait_for(
-            lambda: (pids if len(pids := self.ready_pids()) >= count else None),
+            lambda: pids if len(pids := self.ready_pids()) >= count else None,
             timeout,
             what=f"{count} ready consumers",
         )
@@ -210,8 +209,6 @@ class Fleet:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         for pid in self.seen_pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._stderr.close()

@@ -58,7 +58,9 @@ def test_dlq_list_and_replay(
     assert main(["dlq", "list", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(r["job_id"] for r in rows) == ["dl-a", "dl-b", "dl-c"]
-    assert all(r["reason"] == "rejected" and r["attempt"] == 3 and r["last_error"] == "storage_unavailable" for r in rows)
+    assert all(
+        r["reason"] == "rejected" and r["attempt"] == 3 and r["last_error"] == "storage_unavailable" for r in rows
+    )
     assert _count(ch, s.amqp.dead_letter_queue, 3) == 3  # listing loses nothing
 
     assert main(["dlq", "list", "--job-id", "dl-b"]) == 0

@@ -71,7 +71,7 @@ def journal(tmp_path: Path) -> list[tuple[int, str]]:
 
 def test_spawn_ready_threads_and_drain(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fleet = start("--consumers", "2", "--threads", "1", STANDIN_BOOT_S="1.0", STANDIN_DRAIN_S="1.0")
-    code, _ = wait_for(lambda: (r if (r := fleet.get("/healthz"))[0] == 200 else None), 15, what="healthz")
+    wait_for(lambda: r if (r := fleet.get("/healthz"))[0] == 200 else None, 15, what="healthz")
     assert fleet.get("/readyz")[0] == 503  # consumers still "loading their model"
     pids = fleet.wait_ready(2)
     assert fleet.get("/readyz")[0] == 200
@@ -138,8 +138,12 @@ def test_stopped_consumer_is_killed_as_hung_and_replaced(start) -> None:  # type
 
 def test_silent_boot_is_a_boot_failure(start) -> None:  # type: ignore[no-untyped-def]
     fleet = start(
-        "--consumers", "1", STANDIN_MODE="boot_silent", STANDIN_BOOT_S="30",
-        FLEET_SUPERVISOR__BOOT_TIMEOUT_S="1", FLEET_SUPERVISOR__MAX_BOOT_FAILURES="2",
+        "--consumers",
+        "1",
+        STANDIN_MODE="boot_silent",
+        STANDIN_BOOT_S="30",
+        FLEET_SUPERVISOR__BOOT_TIMEOUT_S="1",
+        FLEET_SUPERVISOR__MAX_BOOT_FAILURES="2",
     )
     assert fleet.wait_exit(20) == exitcodes.BOOT_FAILURE
     assert "2 consecutive boot failures" in fleet.log_text()
@@ -168,8 +172,12 @@ def test_boot_failure_once_then_recovers(start) -> None:  # type: ignore[no-unty
 
 def test_crash_storm_halts(start) -> None:  # type: ignore[no-untyped-def]
     fleet = start(
-        "--consumers", "1", STANDIN_MODE="crash", STANDIN_LIFE_S="0.2",
-        FLEET_SUPERVISOR__MAX_CRASHES_IN_WINDOW="3", FLEET_SUPERVISOR__CRASH_WINDOW_S="60",
+        "--consumers",
+        "1",
+        STANDIN_MODE="crash",
+        STANDIN_LIFE_S="0.2",
+        FLEET_SUPERVISOR__MAX_CRASHES_IN_WINDOW="3",
+        FLEET_SUPERVISOR__CRASH_WINDOW_S="60",
     )
     assert fleet.wait_exit(30) == exitcodes.CRASH
     assert "3 consumer crashes within 60 s" in fleet.log_text()
@@ -177,7 +185,10 @@ def test_crash_storm_halts(start) -> None:  # type: ignore[no-untyped-def]
 
 def test_deadline_exit_replaced_without_counting(start) -> None:  # type: ignore[no-untyped-def]
     fleet = start(
-        "--consumers", "1", STANDIN_MODE="deadline", STANDIN_LIFE_S="1.5",
+        "--consumers",
+        "1",
+        STANDIN_MODE="deadline",
+        STANDIN_LIFE_S="1.5",
         FLEET_SUPERVISOR__MAX_CRASHES_IN_WINDOW="1",
     )
     first = fleet.wait_ready(1)[0]
@@ -276,7 +287,7 @@ class JobBus:
         try:
             self._connect()
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - the broker is down on purpose here; retried by the caller
             return False
 
     def publish(self, job_id: str, bucket: str, key: str) -> None:
@@ -320,9 +331,7 @@ class JobBus:
 
     def queue_depth(self) -> int:
         return int(
-            self._retry(
-                lambda: self.ch.queue_declare(self.settings.amqp.jobs_queue, passive=True).method.message_count
-            )
+            self._retry(lambda: self.ch.queue_declare(self.settings.amqp.jobs_queue, passive=True).method.message_count)
         )
 
     def close(self, delete: bool = True) -> None:
@@ -332,7 +341,7 @@ class JobBus:
             if delete and self.conn.is_open:
                 self.ch.queue_delete(self.events_queue)
             self.conn.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - teardown of a connection that may be dead
             pass
         self.conn = None
 
@@ -455,8 +464,14 @@ def test_real_fleet_jobs_kill_hang_metrics_and_drain(real_fleet, storage) -> Non
 def test_real_bad_model_path_halts_with_cause(real_fleet) -> None:  # type: ignore[no-untyped-def]
     start_real, _bus, _upload, _settings = real_fleet
     t0 = time.monotonic()
-    fleet = start_real("--consumers", "2", "--threads", "1", FLEET_ENGINE__MODEL="/nonexistent/asr-model",
-                       FLEET_SUPERVISOR__MAX_BOOT_FAILURES="2")
+    fleet = start_real(
+        "--consumers",
+        "2",
+        "--threads",
+        "1",
+        FLEET_ENGINE__MODEL="/nonexistent/asr-model",
+        FLEET_SUPERVISOR__MAX_BOOT_FAILURES="2",
+    )
     assert fleet.wait_exit(60) == exitcodes.BOOT_FAILURE
     elapsed = time.monotonic() - t0
     halt = [e for e in fleet.logs() if e.get("event", "").startswith("supervisor halting")]
@@ -472,7 +487,6 @@ def test_real_consumers_exit_when_supervisor_is_killed(real_fleet) -> None:  # t
     fleet.proc.send_signal(signal.SIGKILL)
     fleet.proc.wait(10)
     wait_for(lambda: not any(pid_alive(p) for p in pids), 30, what="consumers exit on their own")
-
 
 
 def test_real_sighup_rolls_without_losing_readiness_or_the_job(real_fleet) -> None:  # type: ignore[no-untyped-def]
@@ -552,7 +566,7 @@ def test_metrics_without_multiprocess_dir() -> None:
         "from funasr_fleet import metrics as m\n"
         "m.job_started(0.1); m.job_finished('succeeded', None, 1.0, 0.1, 10.0)\n"
         "text = m.render()[0].decode()\n"
-        "assert 'fleet_jobs_total{error_code=\"none\",status=\"succeeded\"} 1.0' in text, text\n"
+        'assert \'fleet_jobs_total{error_code="none",status="succeeded"} 1.0\' in text, text\n'
         "assert 'fleet_jobs_in_flight 0.0' in text, text\n"
         "assert 'torch' not in sys.modules\n"
     )

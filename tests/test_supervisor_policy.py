@@ -177,5 +177,7 @@ def test_supervisor_never_imports_the_engine() -> None:
         "print(heavy)\n"
         "sys.exit(1 if heavy else 0)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ.copy()
+    )
     assert done.returncode == 0, done.stdout + done.stderr

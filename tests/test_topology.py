@@ -89,7 +89,7 @@ def test_retry_tier_returns_to_jobs_queue_with_attempt_header(declared) -> None:
         delivery_mode=2, headers={topology.ATTEMPT_HEADER: 2}, expiration=str(topology.jittered_expiration_ms(tier))
     )
     ch.basic_publish(s.amqp.retry_exchange, tier.routing_key, b"{}", props, mandatory=True)
-    method, props, body = _get(ch, s.amqp.jobs_queue)
+    method, props, _body = _get(ch, s.amqp.jobs_queue)
     assert props.headers[topology.ATTEMPT_HEADER] == 2
     # a rejected message lands in the DLQ
     ch.basic_nack(method.delivery_tag, requeue=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import pika
 
@@ -21,12 +20,8 @@ class Delivery:
     delivery_tag: int
     redelivered: bool
     generation: int  # the consume channel it came from (BrokerLink.generation): settles on a newer one are impossible
-    exchange: str = ""
-    routing_key: str = ""
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.properties.headers or {})
+    exchange: str = ""  # where it was published (the jobs exchange, or the delay tiers' via dead-lettering)
+    routing_key: str = ""  # jobs_routing_key or intake_routing_key
 
     @property
     def attempt(self) -> int:

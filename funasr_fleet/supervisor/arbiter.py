@@ -68,14 +68,7 @@ class Arbiter:
         self.plan = plan
         self.command = consumer_command or default_consumer_command()
         self.preload = self.sup.preload == "fork"
-        self.policy = RestartPolicy(
-            backoff_base_s=self.sup.restart_backoff_base_s,
-            backoff_max_s=self.sup.restart_backoff_max_s,
-            max_boot_failures=self.sup.max_boot_failures,
-            crash_window_s=self.sup.crash_window_s,
-            max_crashes_in_window=self.sup.max_crashes_in_window,
-            stable_after_s=self.sup.restart_backoff_max_s,
-        )
+        self.policy = RestartPolicy.from_settings(self.sup)
         self.run_dir = run_dir or make_run_dir(self.sup.state_dir)
         metrics.enable_multiprocess(self.run_dir / "metrics")
         self.spawner = Spawner(settings, plan, self.command, self.run_dir)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from funasr_fleet import exitcodes
+from funasr_fleet.settings import SupervisorSettings
 
 
 class Cause(StrEnum):
@@ -154,6 +155,18 @@ class RestartPolicy:
     crash_times: deque[float] = field(default_factory=deque)
     slot_failures: dict[int, int] = field(default_factory=dict)
 
+    @classmethod
+    def from_settings(cls, sup: SupervisorSettings) -> RestartPolicy:
+        """The ``supervisor.*`` limits; a child counts as stable after ``restart_backoff_max_s`` ready."""
+        return cls(
+            backoff_base_s=sup.restart_backoff_base_s,
+            backoff_max_s=sup.restart_backoff_max_s,
+            max_boot_failures=sup.max_boot_failures,
+            crash_window_s=sup.crash_window_s,
+            max_crashes_in_window=sup.max_crashes_in_window,
+            stable_after_s=sup.restart_backoff_max_s,
+        )
+
     def backoff(self, failures: int) -> float:
         """Delay before restarting after ``failures`` consecutive failures of one slot (0 → none)."""
         if failures <= 0:
@@ -169,6 +182,7 @@ class RestartPolicy:
         self.slot_failures.pop(slot, None)
 
     def on_death(self, slot: int, death: Death, now: float, *, stopping: bool) -> Decision:
+        """What to do about ``slot`` after ``death`` at ``now`` (monotonic s): restart (with a delay), nothing, halt."""
         if stopping or death.cause is Cause.STOPPED:
             return Decision(Action.NONE, reason=death.describe())
         if death.counts_as_boot_failure:
