@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "consume": "funasr_fleet.commands.consume",
     "supervise": "funasr_fleet.commands.supervise",
     "submit": "funasr_fleet.commands.submit",
+    "status": "funasr_fleet.commands.status",
+    "cancel": "funasr_fleet.commands.cancel",
     "sweep": "funasr_fleet.commands.sweep",
     "topology": "funasr_fleet.commands.topology",
     "dlq": "funasr_fleet.commands.dlq",
