@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "submit": "funasr_fleet.commands.submit",
     "status": "funasr_fleet.commands.status",
     "cancel": "funasr_fleet.commands.cancel",
+    "announce": "funasr_fleet.commands.announce",
+    "notify": "funasr_fleet.commands.notify",
     "sweep": "funasr_fleet.commands.sweep",
     "topology": "funasr_fleet.commands.topology",
     "dlq": "funasr_fleet.commands.dlq",
