@@ -24,7 +24,9 @@ write; :func:`read` then finds the newer manifest and answers ``succeeded``).
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -42,7 +44,9 @@ log = structlog.get_logger(__name__)
 STATUS_PREFIX = "_fleet/jobs/"
 CANCEL_PREFIX = "_fleet/cancel/"
 STATUS_VERSION = 1
-MAX_WRITE_TRIES = 8
+MAX_WRITE_TRIES = 10
+CONFLICT_BACKOFF_S = 0.005
+"""First pause after a lost conditional write; doubles, full jitter (concurrent writers spread out)."""
 
 
 class JobState(StrEnum):
@@ -238,7 +242,9 @@ def record(storage: Any, settings: Settings, update: Update) -> Recorded:
     from funasr_fleet.storage import WriteConflict
 
     bucket, key = settings.s3.results_bucket, status_key(update.job_id)
-    for _ in range(MAX_WRITE_TRIES):
+    for tries in range(MAX_WRITE_TRIES):
+        if tries:
+            time.sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2**tries))
         raw, etag = storage.get_json_versioned(bucket, key)
         current = _parse(raw, update.job_id)
         new = advance(current, update, history_limit=settings.jobs.status_history)
