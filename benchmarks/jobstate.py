@@ -53,7 +53,9 @@ def main() -> None:
             def writer(k: int) -> None:
                 for i in range(args.n // 4):
                     t0 = time.perf_counter()
-                    jobstate.record(storage, settings, Update(job_id="j-hot", state=JobState.RUNNING, by="b", stage=f"{k}-{i}"))
+                    jobstate.record(
+                        storage, settings, Update(job_id="j-hot", state=JobState.RUNNING, by="b", stage=f"{k}-{i}")
+                    )
                     with lock:
                         contended.append(time.perf_counter() - t0)
 
@@ -62,7 +64,11 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            for name, values in (("record (no contention)", write), ("read", read), ("record, 4 writers on one job", contended)):
+            for name, values in (
+                ("record (no contention)", write),
+                ("read", read),
+                ("record, 4 writers on one job", contended),
+            ):
                 print(f"{name:32} n={len(values):4}  p50 {pct(values, 0.5):6.1f} ms  p95 {pct(values, 0.95):6.1f} ms"
                       f"  mean {statistics.mean(values) * 1000:6.1f} ms")  # fmt: skip
         finally:

@@ -82,7 +82,7 @@ def classify_dead_letter(
         attempt = max(1, int((headers or {}).get(topology.ATTEMPT_HEADER, 1)))
     except (TypeError, ValueError):
         attempt = 1
-    when = death.get("time")
+    when: Any = death.get("time")
     stamp = when.isoformat() if hasattr(when, "isoformat") else _text(when)
     digest = hashlib.sha256(
         "\x00".join([job_id, message_id or "", stamp, str(death.get("count", 1)), str(attempt)]).encode()
@@ -91,7 +91,9 @@ def classify_dead_letter(
         f"the broker dead-lettered the job after {deliveries} deliveries: its consumer died on each "
         "(crash, out-of-memory kill or hang)"
     )
-    return Announcement(job_id, f"dead-{digest}", deliveries, attempt, metadata, input_uri, output_prefix, callback, message)
+    return Announcement(
+        job_id, f"dead-{digest}", deliveries, attempt, metadata, input_uri, output_prefix, callback, message
+    )
 
 
 def _job_facts(
@@ -103,7 +105,8 @@ def _job_facts(
         data = decode_body(body)
     except FleetError:
         return fallback, {}, None, None, None
-    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    raw_metadata = data.get("metadata")
+    metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     try:
         job = validate_job(data)
     except FleetError:
@@ -128,7 +131,9 @@ class Announcer:
         ann = classify_dead_letter(props.headers, body, props.message_id, self.settings)
         if ann is None:
             return "ignored"
-        error = events.ErrorInfo(code=DeliveryLimitExceeded.code, message=ann.message, deliveries=ann.deliveries)
+        error = events.ErrorInfo.model_validate(
+            {"code": DeliveryLimitExceeded.code, "message": ann.message, "deliveries": ann.deliveries}
+        )
         update = Update(job_id=ann.job_id, state=JobState.FAILED, by=self.by, attempt=ann.attempt, error=error,
                         input=ann.input_uri, output_prefix=ann.output_prefix, callback=ann.callback)  # fmt: skip
         if self.settings.jobs.status:

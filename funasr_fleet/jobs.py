@@ -225,7 +225,8 @@ def check_allowed(job: JobRequest, settings: Settings) -> None:
     """The settings' allow-lists: buckets (BucketNotAllowed) and the callback's host (CallbackNotAllowed)."""
     if job.callback is not None:
         hooks = settings.webhooks
-        check_host(check_url(job.callback), allowed_hosts=hooks.allowed_hosts, allow_private=hooks.allow_private_networks)
+        target = check_url(job.callback)
+        check_host(target, allowed_hosts=hooks.allowed_hosts, allow_private=hooks.allow_private_networks)
     allowed = settings.s3.allowed_buckets
     if not allowed:
         return

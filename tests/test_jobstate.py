@@ -100,7 +100,9 @@ def settings(fleet_settings: Callable[..., Settings]) -> Settings:
 
 def test_record_and_read_round_trip(settings: Settings, storage: Storage) -> None:
     assert jobstate.read(storage, settings, "j-none").state is JobState.UNKNOWN
-    first = jobstate.record(storage, settings, up(Q, attempt=1, output_prefix=f"s3://{settings.s3.results_bucket}/out/j-1"))
+    first = jobstate.record(
+        storage, settings, up(Q, attempt=1, output_prefix=f"s3://{settings.s3.results_bucket}/out/j-1")
+    )
     assert first.applied and first.status.state is Q
     raw = storage.get_json(settings.s3.results_bucket, "_fleet/jobs/j-1.json")
     assert raw is not None and raw["state"] == "queued" and "source" not in raw

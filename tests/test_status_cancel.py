@@ -45,7 +45,7 @@ def jobs_in_queue(settings: Settings) -> int:
 
 def run_cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "funasr_fleet", *args], env=subprocess_env(settings),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
 
 # --- status -----------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_cancelled_event_carries_the_callback_header(settings: Settings) -> None
         fleet.cancel(job_id)
     got = None
     for _ in range(50):
-        method, props, body = ch.basic_get(q, auto_ack=True)
+        method, props, _ = ch.basic_get(q, auto_ack=True)
         if method is not None:
             got = props
             break
@@ -152,14 +152,16 @@ def test_cancel_a_running_job_broadcasts_to_consumers(settings: Settings, storag
     with Client(settings) as fleet:
         job_id = fleet.submit("s3://calls/long.wav")
         listener = cancel.bind_control_listener(ch, settings)
-        jobstate.record(storage, settings, Update(job_id=job_id, state=JobState.RUNNING, by="consumer", stage="decoded"))
+        jobstate.record(
+            storage, settings, Update(job_id=job_id, state=JobState.RUNNING, by="consumer", stage="decoded")
+        )
         answer = fleet.cancel(job_id)
         assert answer.outcome is Outcome.CANCELLING and answer.accepted
     broadcast = None
     for _ in range(50):
-        method, _props, body = ch.basic_get(listener, auto_ack=True)
+        method, _props, raw = ch.basic_get(listener, auto_ack=True)
         if method is not None:
-            broadcast = cancel.parse_control(body)
+            broadcast = cancel.parse_control(raw)
             break
         time.sleep(0.1)
     conn.close()

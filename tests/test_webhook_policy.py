@@ -62,7 +62,9 @@ def test_check_host_and_addresses() -> None:
         check_addresses(t, [], allow_private=True)
 
 
-@pytest.mark.parametrize("url", ["http://x.example/", "https://u@x.example/", "https://x.example/#f", "https://2130706433/"])
+@pytest.mark.parametrize(
+    "url", ["http://x.example/", "https://u@x.example/", "https://x.example/#f", "https://2130706433/"]
+)
 def test_check_url_refuses(url: str) -> None:
     with pytest.raises(CallbackInvalid):
         check_url(url)

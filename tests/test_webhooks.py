@@ -60,7 +60,7 @@ def _serve(cert_names: tuple[str, ...], tmp: Path, ca: trustme.CA | None = None)
     state: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             rec = state["r"]
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             with rec.lock:
@@ -209,7 +209,9 @@ def test_refused_destinations(receiver: Receiver, secret: str, url: str, kw: dic
 
 
 def test_dns_answer_with_a_private_address_is_refused(receiver: Receiver, secret: str) -> None:
-    public_then_private = lambda host, port: [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.0.0.7")]  # noqa: E731
+    def public_then_private(host: str, port: int) -> list[Any]:
+        return [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.0.0.7")]
+
     sender = Sender(hooks(secret, receiver.ca_file, allow_private_networks=False), resolver=public_then_private)
     result = sender.send("https://rebind.example.com/x", "id", b"{}")
     assert result.outcome is Outcome.GIVE_UP and "non-public" in result.reason
@@ -284,7 +286,7 @@ def dead_letters(s: Settings) -> list[dict[str, Any]]:
     ch = conn.channel()
     out = []
     while True:
-        method, props, body = ch.basic_get(relay.Names.of(s.webhooks).dlq, auto_ack=False)
+        method, props, _ = ch.basic_get(relay.Names.of(s.webhooks).dlq, auto_ack=False)
         if method is None:
             break
         out.append({k: (v.decode() if isinstance(v, bytes) else v) for k, v in (props.headers or {}).items()})

@@ -12,7 +12,9 @@ import signal
 import threading
 from types import FrameType
 
-HELP = "relay job events to webhooks (job callbacks, subscriptions): signed POSTs, retries for hours, a dead-letter queue"
+HELP = (
+    "relay job events to webhooks (job callbacks, subscriptions): signed POSTs, retries for hours, a dead-letter queue"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

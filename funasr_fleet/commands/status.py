@@ -20,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_id", metavar="JOB_ID")
     parser.add_argument("--json", action="store_true", help="print the status object as JSON")
     parser.add_argument(
-        "--output", default=None, metavar="S3URI", help="the job's output prefix, when not the default (finds its manifest)"
+        "--output",
+        default=None,
+        metavar="S3URI",
+        help="the job's output prefix, when not the default (finds its manifest)",
     )
 
 

@@ -112,9 +112,8 @@ def check_host(target: Target, *, allowed_hosts: list[str], allow_private: bool)
     literal = target.ip_literal
     if literal is not None and not address_allowed(literal, allow_private=allow_private):
         raise CallbackNotAllowed(f"callback address {literal} is not a public address")
-    if target.host == "localhost" or target.host.endswith(".localhost"):
-        if not allow_private:
-            raise CallbackNotAllowed("callback host localhost is not a public address")
+    if (target.host == "localhost" or target.host.endswith(".localhost")) and not allow_private:
+        raise CallbackNotAllowed("callback host localhost is not a public address")
 
 
 def check_addresses(target: Target, addresses: list[IPAddress], *, allow_private: bool) -> list[IPAddress]:

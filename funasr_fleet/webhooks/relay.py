@@ -66,7 +66,7 @@ def delay_ms(hooks: WebhookSettings, attempt: int) -> int | None:
     schedule = hooks.retry_schedule_s
     if attempt < 1 or attempt > len(schedule):
         return None
-    return max(1, int(round(schedule[attempt - 1] * 1000)))
+    return max(1, round(schedule[attempt - 1] * 1000))
 
 
 def delay_queue(hooks: WebhookSettings, ms: int) -> str:
@@ -93,9 +93,9 @@ def destinations(hooks: WebhookSettings, routing_key: str, callback: str | None)
     for sub in hooks.subscriptions:
         if any(topic_matches(p, routing_key) for p in sub.events) and sub.url not in [u for _, u in out]:
             out.append(("subscription", sub.url))
-    if callback and any(topic_matches(p, routing_key) for p in hooks.callback_events):
-        if callback not in [u for _, u in out]:
-            out.append(("callback", callback))
+    wanted = callback and any(topic_matches(p, routing_key) for p in hooks.callback_events)
+    if wanted and callback not in [u for _, u in out]:
+        out.append(("callback", str(callback)))
     return out
 
 

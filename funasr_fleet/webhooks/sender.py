@@ -73,7 +73,9 @@ def load_signer(hooks: WebhookSettings) -> Webhook:
     """The Standard Webhooks signer for the configured secret; ConfigError when there is none or it is bad."""
     secret = hooks.signing_secret()
     if not secret:
-        raise ConfigError("webhooks need a signing secret: set webhooks.secret or webhooks.secret_file (whsec_<base64>)")
+        raise ConfigError(
+            "webhooks need a signing secret: set webhooks.secret or webhooks.secret_file (whsec_<base64>)"
+        )
     try:
         signer = Webhook(secret)
     except Exception as exc:  # noqa: BLE001 - the package raises several kinds for a bad secret
