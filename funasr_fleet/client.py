@@ -11,7 +11,12 @@ with Client(load_settings()) as fleet:
         print(result.outputs)          # s3:// URIs, manifest last
     else:
         print(result.error_code)       # a stable code from funasr_fleet.errors
+    print(fleet.status(job_id).state)  # queued, running, succeeded, failed, cancelled, unknown
+    fleet.cancel(other_job_id)         # CancelAnswer: cancelled / cancelling / already_finished / unknown
 ```
+
+Status: before publishing, the publisher records the job as ``queued`` in its status object
+(``funasr_fleet.jobstate``); a failed publish records ``failed`` (``broker_unavailable``) instead.
 
 Publishing: publisher confirms, persistent messages, the AMQP ``timestamp`` set (the consumer's
 queue-wait metric), ``message_id`` = job id, to ``amqp.jobs_exchange`` under
@@ -36,9 +41,9 @@ import pika.exceptions
 import structlog
 from pydantic import ValidationError
 
-from funasr_fleet import envelope, events, topology
+from funasr_fleet import envelope, events, jobstate, topology
 from funasr_fleet.errors import BrokerUnavailable, ConfigError, FleetError
-from funasr_fleet.jobs import JobOptions, JobRequest, S3Location, parse_s3_uri
+from funasr_fleet.jobs import JobOptions, JobRequest, S3Location, check_allowed, parse_s3_uri
 from funasr_fleet.keys import join_key
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.settings import Settings
@@ -58,7 +63,7 @@ class JobResult:
     """How a job ended, from its final event (or a manifest, or a client-side timeout)."""
 
     job_id: str
-    status: str  # succeeded | failed | timeout
+    status: str  # succeeded | failed | cancelled | timeout
     outputs: list[str] = field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
@@ -101,7 +106,11 @@ def _declare(channel: Any, settings: Settings) -> None:
 
 
 class Publisher:
-    """Publishes job requests with confirms; callable, so ``intake.sweep`` can use it directly."""
+    """Publishes job requests with confirms; callable, so ``intake.sweep`` can use it directly.
+
+    With ``jobs.status`` on, each job is recorded as ``queued`` before it is published (``storage`` is
+    made from the settings when not given); a status write that fails is logged, never fatal.
+    """
 
     def __init__(
         self,
@@ -109,12 +118,23 @@ class Publisher:
         *,
         connection: pika.BlockingConnection | None = None,
         declare: bool = True,
+        storage: Any = None,
     ) -> None:
         self.settings = settings
         self._own = connection is None
         self._connection: pika.BlockingConnection | None = connection
         self._channel: Any = None
         self._declare = declare
+        self._storage = storage
+
+    @property
+    def storage(self) -> Any:
+        """The :class:`funasr_fleet.storage.Storage` for status writes (made on first use)."""
+        if self._storage is None:
+            from funasr_fleet.storage import Storage
+
+            self._storage = Storage(self.settings.s3)
+        return self._storage
 
     def _ensure(self) -> Any:
         if self._channel is not None and self._channel.is_open:
@@ -132,12 +152,34 @@ class Publisher:
         return channel
 
     def publish(self, job: JobRequest, *, reply_to: str | None = None, correlation_id: str | None = None) -> str:
-        """Publish one job and wait for the broker's confirm; returns the job id."""
+        """Record the job ``queued``, publish it and wait for the broker's confirm; returns the job id.
+
+        Raises BrokerUnavailable when the broker did not confirm (the status then reads ``failed``,
+        ``broker_unavailable``; publishing again re-opens it).
+        """
         props = envelope.job_properties(
             str(job.job_id), app_id=APP_ID, reply_to=reply_to, correlation_id=correlation_id or str(job.job_id)
         )
-        amqp = self.settings.amqp
         body = job.to_body()
+        by = jobstate.writer_id("publisher")
+        fields = jobstate.job_fields(job, self.settings)
+        queued = jobstate.Update(
+            job_id=str(job.job_id), state=jobstate.JobState.QUEUED, by=by, attempt=1, reopen=True, **fields
+        )
+        recorded = jobstate.try_record(self.storage, self.settings, queued) if self.settings.jobs.status else None
+        try:
+            self._publish_body(job, body, props)
+        except BrokerUnavailable as exc:
+            if recorded is not None and recorded.applied:
+                error = events.ErrorInfo(code=exc.code, message=f"not enqueued: {exc.message}")
+                failed = jobstate.Update(job_id=str(job.job_id), state=jobstate.JobState.FAILED, by=by, error=error)
+                jobstate.try_record(self.storage, self.settings, failed)
+            raise
+        log.info("job published", job_id=job.job_id, audio=job.audio.uri)
+        return str(job.job_id)
+
+    def _publish_body(self, job: JobRequest, body: bytes, props: pika.BasicProperties) -> None:
+        amqp = self.settings.amqp
         for attempt in (1, 2):
             try:
                 channel = self._ensure()
@@ -157,8 +199,21 @@ class Publisher:
                     self._drop_connection()
                     continue
                 raise BrokerUnavailable(f"publishing job {job.job_id} failed: {type(exc).__name__}") from None
-        log.info("job published", job_id=job.job_id, audio=job.audio.uri)
-        return str(job.job_id)
+
+    def send(self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
+        """Publish any message (events, control broadcasts) and wait for the confirm; BrokerUnavailable otherwise."""
+        for attempt in (1, 2):
+            try:
+                self._ensure().basic_publish(exchange, routing_key, body, properties)
+                return
+            except pika.exceptions.NackError:
+                raise BrokerUnavailable(f"the broker refused a message to {exchange!r}") from None
+            except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
+                self._channel = None
+                if attempt == 1 and self._own and not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+                    self._drop_connection()
+                    continue
+                raise BrokerUnavailable(f"publishing to {exchange!r} failed: {type(exc).__name__}") from None
 
     def _drop_connection(self) -> None:
         try:
@@ -253,7 +308,7 @@ class EventWatcher:
         progress: bool | ProgressCallback = False,
         stream: TextIO | None = None,
     ) -> JobResult:
-        """Block until ``job_id``'s final event (job.succeeded / job.failed) or the timeout.
+        """Block until ``job_id``'s final event (job.succeeded / job.failed / job.cancelled) or the timeout.
 
         ``progress``: True draws a progress bar on stderr; a callable receives every event.
         """
@@ -305,6 +360,14 @@ def _result_from_event(event: events.CloudEvent) -> JobResult:
     data = event.data
     if event.kind == "succeeded":
         return JobResult(job_id=event.subject, status="succeeded", outputs=list(data.outputs or []), event=event)
+    if event.kind == "cancelled":
+        return JobResult(
+            job_id=event.subject,
+            status="cancelled",
+            error_code="job_cancelled",
+            error_message=data.error.message if data.error else "the job was cancelled",
+            event=event,
+        )
     return JobResult(
         job_id=event.subject,
         status="failed",
@@ -337,6 +400,8 @@ class ProgressBar:
                 label = f"retrying after {data.error.code}"
         elif event.kind == "succeeded":
             fraction, label = 1.0, "succeeded"
+        elif event.kind == "cancelled":
+            fraction, label = data.progress or 0.0, "cancelled"
         else:
             fraction, label = data.progress or 0.0, f"failed: {data.error.code if data.error else '?'}"
         filled = int(round(self.WIDTH * max(0.0, min(1.0, fraction))))
@@ -366,8 +431,9 @@ def build_job(
     metadata: dict[str, Any] | None = None,
     job_id: str | None = None,
     delete_source: bool | None = None,
+    callback: str | None = None,
 ) -> JobRequest:
-    """A validated JobRequest (raises the FleetError naming what is wrong)."""
+    """A validated JobRequest (raises the FleetError naming what is wrong; ``callback_invalid`` for a bad URL)."""
     body: dict[str, Any] = {
         "audio": parse_s3_uri(audio).uri if isinstance(audio, str) else audio,
         "formats": formats or [],
@@ -380,6 +446,8 @@ def build_job(
         body["job_id"] = job_id
     if delete_source is not None:
         body["delete_source"] = delete_source
+    if callback is not None:
+        body["callback"] = callback
     from funasr_fleet.jobs import validate_job
 
     return validate_job(body)
@@ -404,8 +472,12 @@ class Client:
         metadata: dict[str, Any] | None = None,
         job_id: str | None = None,
         delete_source: bool | None = None,
+        callback: str | None = None,
     ) -> str:
-        """Publish one job (confirmed) with this client's queue as ``reply_to``; returns its id."""
+        """Publish one job (confirmed) with this client's queue as ``reply_to``; returns its id.
+
+        ``callback``: an https URL the job's final event is POSTed to (needs ``funasr-fleet notify``).
+        """
         job = (
             audio
             if isinstance(audio, JobRequest)
@@ -417,10 +489,37 @@ class Client:
                 metadata=metadata,
                 job_id=job_id,
                 delete_source=delete_source,
+                callback=callback,
             )
         )
+        check_allowed(job, self.settings)  # bucket and callback allow-lists: refuse before publishing
         self._outputs[str(job.job_id)] = job.output_location(self.settings)
         return self.publisher.publish(job, reply_to=self.watcher.queue, correlation_id=str(job.job_id))
+
+    def status(self, job_id: str) -> jobstate.JobStatus:
+        """The job's status (``funasr_fleet.jobstate.JobStatus``); ``state`` is ``unknown`` for an unseen id.
+
+        Raises StorageError when S3 cannot be read.
+        """
+        out = self._outputs.get(job_id)
+        prefix = f"s3://{out.bucket}/{out.key}" if out is not None else None
+        return jobstate.read(self.publisher.storage, self.settings, job_id, output_prefix=prefix)
+
+    def cancel(self, job_id: str, *, reason: str | None = None, force: bool = False) -> Any:
+        """Cancel a job (``funasr_fleet.cancel.CancelAnswer``): a queued job never starts, a running one stops.
+
+        Finished and unknown jobs are answered as such (``outcome``) and nothing changes; ``force``
+        leaves a cancel marker for an id the fleet has not recorded (published straight to AMQP).
+        Raises StorageError / BrokerUnavailable.
+        """
+        from funasr_fleet.cancel import request_cancel
+
+        out = self._outputs.get(job_id)
+        prefix = f"s3://{out.bucket}/{out.key}" if out is not None else None
+        return request_cancel(
+            self.settings, self.publisher.storage, self.publisher.send, job_id, reason=reason, force=force,
+            output_prefix=prefix,
+        )  # fmt: skip
 
     def wait(
         self,
@@ -471,6 +570,13 @@ def submit(settings: Settings, audio: str | S3Location | JobRequest, **kwargs: A
     job = audio if isinstance(audio, JobRequest) else build_job(audio, **kwargs)
     with Publisher(settings) as publisher:
         return publisher.publish(job)
+
+
+def status(settings: Settings, job_id: str, *, output: str | None = None) -> jobstate.JobStatus:
+    """A job's status without a broker connection (``output``: its s3:// prefix when not the default)."""
+    from funasr_fleet.storage import Storage
+
+    return jobstate.read(Storage(settings.s3), settings, job_id, output_prefix=output)
 
 
 def wait(

@@ -97,6 +97,18 @@ class UnsupportedFormat(JobError):
     code = "unsupported_format"
 
 
+class CallbackInvalid(JobError):
+    """The job's ``callback`` is not an https URL the fleet can call (syntax, scheme, credentials, length)."""
+
+    code = "callback_invalid"
+
+
+class CallbackNotAllowed(JobError):
+    """The job's ``callback`` names a host outside ``webhooks.allowed_hosts`` or a non-public address."""
+
+    code = "callback_not_allowed"
+
+
 # --- storage -----------------------------------------------------------------------------------
 class StorageError(FleetError):
     """S3 failed."""
@@ -218,3 +230,16 @@ class SpawnError(Exception):
     def __init__(self, message: str, *, zygote_unresponsive: bool = False) -> None:
         super().__init__(message)
         self.zygote_unresponsive = zygote_unresponsive
+
+
+# --- job life cycle ------------------------------------------------------------------------------
+class DeliveryLimitExceeded(FleetError):
+    """The broker dead-lettered the job: its consumer died (crash, OOM kill, hang) on every delivery."""
+
+    code = "delivery_limit_exceeded"
+
+
+class JobWasCancelled(FleetError):
+    """The job was cancelled (``funasr-fleet cancel`` / ``Client.cancel``) before it finished."""
+
+    code = "job_cancelled"

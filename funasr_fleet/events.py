@@ -1,9 +1,15 @@
 """CloudEvents 1.0 (structured mode, JSON) for job life-cycle events.
 
 Published on the topic exchange under ``job.<kind>`` with content type
-``application/cloudevents+json``; the final event (succeeded/failed) also goes to the job's AMQP
-``reply_to`` queue with its ``correlation_id``. Consumers of these events (the client, upstream
-services) parse them with :func:`parse`. A job's ``metadata`` is passed through in every event.
+``application/cloudevents+json``; the final event (succeeded/failed/cancelled) also goes to the job's
+AMQP ``reply_to`` queue with its ``correlation_id``. Consumers of these events (the client, upstream
+services, the webhook relay) parse them with :func:`parse`. A job's ``metadata`` is passed through in
+every event.
+
+Ids: most events get a fresh UUID. Events that more than one process may publish for the same fact
+(``job.cancelled``: the cancel command or the consumer; ``job.failed`` for a broker dead-letter: any
+announcer) get a deterministic id and a fixed ``source``, so receivers de-duplicate them by id
+(CloudEvents: source + id identify an event; the webhook relay sends the id as ``webhook-id``).
 """
 
 from __future__ import annotations
@@ -20,8 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 CONTENT_TYPE = "application/cloudevents+json"
 SPEC_VERSION = "1.0"
 TYPE_PREFIX = "io.funasr-fleet.job."
-EventKind = Literal["started", "progress", "succeeded", "failed"]
-FINAL_KINDS: frozenset[str] = frozenset({"succeeded", "failed"})
+EventKind = Literal["started", "progress", "succeeded", "failed", "cancelled"]
+FINAL_KINDS: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+CANCEL_SOURCE = "/funasr-fleet/cancel"
+"""``source`` of every ``job.cancelled`` event, whoever publishes it (its id is deterministic too)."""
+ANNOUNCER_SOURCE = "/funasr-fleet/announcer"
+"""``source`` of the ``job.failed`` events the announcer publishes for broker dead-letters."""
+CALLBACK_HEADER = "x-fleet-callback"
+"""AMQP header of an event: the job's ``callback`` URL, for the webhook relay (kept out of the body)."""
 Stage = Literal["downloaded", "decoded", "transcribed", "uploaded", "retrying"]
 STAGE_PROGRESS: dict[str, float] = {"downloaded": 0.1, "decoded": 0.2, "transcribed": 0.8, "uploaded": 0.95}
 
@@ -39,7 +51,7 @@ class EventData(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     job_id: str
-    status: Literal["started", "running", "succeeded", "failed"]
+    status: Literal["started", "running", "succeeded", "failed", "cancelled"]
     attempt: int = 1
     metadata: dict[str, Any] = Field(default_factory=dict)
     input: str | None = Field(None, description="s3:// URI of the audio.")
@@ -93,12 +105,12 @@ def routing_key(kind: str) -> str:
     return f"job.{kind}"
 
 
-def build(kind: EventKind, data: EventData, source: str) -> CloudEvent:
-    """One CloudEvent (fresh id and time) around ``data``."""
+def build(kind: EventKind, data: EventData, source: str, *, event_id: str | None = None) -> CloudEvent:
+    """One CloudEvent around ``data``: a fresh UUID unless ``event_id`` is given, the time now."""
     return CloudEvent(
         type=event_type(kind),
         source=source,
-        id=str(uuid.uuid4()),
+        id=event_id or str(uuid.uuid4()),
         time=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         subject=data.job_id,
         data=data,
@@ -143,16 +155,46 @@ def failed(
     attempt: int,
     metadata: dict[str, Any],
     input_uri: str | None = None,
+    event_id: str | None = None,
+    **error_extra: Any,
 ) -> CloudEvent:
+    """``job.failed``; ``error_extra`` joins the error object (e.g. ``deliveries`` for a broker dead-letter)."""
     data = EventData(
         job_id=job_id,
         status="failed",
         attempt=attempt,
         metadata=metadata,
         input=input_uri,
-        error=ErrorInfo(code=code, message=message[:2000]),
+        error=ErrorInfo(code=code, message=message[:2000], **error_extra),
     )
-    return build("failed", data, source)
+    return build("failed", data, source, event_id=event_id)
+
+
+def cancelled_event_id(job_id: str, marker_id: str) -> str:
+    """The one id of a job's ``job.cancelled`` event for one cancel request (marker)."""
+    return f"cancelled-{job_id}-{marker_id}"
+
+
+def cancelled(
+    job_id: str,
+    marker_id: str,
+    *,
+    attempt: int = 1,
+    metadata: dict[str, Any] | None = None,
+    input_uri: str | None = None,
+    stage: Stage | None = None,
+) -> CloudEvent:
+    """``job.cancelled`` (final): same id and source whoever publishes it for this cancel request."""
+    data = EventData(
+        job_id=job_id,
+        status="cancelled",
+        attempt=attempt,
+        metadata=metadata or {},
+        input=input_uri,
+        stage=stage,
+        error=ErrorInfo(code="job_cancelled", message="the job was cancelled before it finished"),
+    )
+    return build("cancelled", data, CANCEL_SOURCE, event_id=cancelled_event_id(job_id, marker_id))
 
 
 def encode(event: CloudEvent) -> bytes:

@@ -25,6 +25,7 @@ from funasr_fleet.errors import (
 )
 from funasr_fleet.keys import join_key
 from funasr_fleet.settings import ALL_FORMATS, Settings
+from funasr_fleet.webhooks.policy import check_host, check_url
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
@@ -107,6 +108,9 @@ class JobRequest(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Passed through to every event.")
     delete_source: bool | None = None
+    callback: str | None = Field(
+        None, description="https URL the job's final event is POSTed to (Standard Webhooks, by `funasr-fleet notify`)."
+    )
 
     @field_validator("schema_version")
     @classmethod
@@ -146,6 +150,13 @@ class JobRequest(BaseModel):
             raise UnsupportedFormat(f"unsupported format(s) {unknown}; supported: {list(ALL_FORMATS)}")
         return list(dict.fromkeys(normalised))
 
+    @field_validator("callback")
+    @classmethod
+    def _callback(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url(value)  # CallbackInvalid: a permanent error at validation, not at the end of the job
+        return value
+
     @model_validator(mode="after")
     def _fill_id(self) -> JobRequest:
         if self.job_id is None:
@@ -166,8 +177,11 @@ class JobRequest(BaseModel):
 
 
 def derived_job_id(job: JobRequest) -> str:
-    """Deterministic id for a request without one: the same body always gets the same id."""
-    canon = job.model_dump(mode="json", exclude={"job_id", "metadata"})
+    """Deterministic id for a request without one: the same body always gets the same id.
+
+    Like ``metadata``, ``callback`` says whom to tell, not what to do: it does not change the id.
+    """
+    canon = job.model_dump(mode="json", exclude={"job_id", "metadata", "callback"})
     digest = hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
     return f"j-{digest[:32]}"
 
@@ -208,6 +222,11 @@ def validate_job(data: dict[str, Any], settings: Settings | None = None) -> JobR
 
 
 def check_allowed(job: JobRequest, settings: Settings) -> None:
+    """The settings' allow-lists: buckets (BucketNotAllowed) and the callback's host (CallbackNotAllowed)."""
+    if job.callback is not None:
+        hooks = settings.webhooks
+        target = check_url(job.callback)
+        check_host(target, allowed_hosts=hooks.allowed_hosts, allow_private=hooks.allow_private_networks)
     allowed = settings.s3.allowed_buckets
     if not allowed:
         return

@@ -89,6 +89,22 @@ class AmqpSettings(_Section):
     max_priority: int = Field(
         0, ge=0, le=10, description="0: no priorities. Quorum queues on RabbitMQ 3.10 ignore x-max-priority (see README)."
     )
+    control_exchange: str = Field(
+        "fleet.control", description="Topic exchange of control broadcasts to running consumers (cancel.<job_id>)."
+    )
+    announce_queue: str = Field(
+        "fleet.jobs.dlq.announce",
+        description="Quorum queue on the dead-letter exchange: the announcer publishes job.failed for broker "
+        "dead-letters (delivery_limit) and records their status.",
+    )
+    observed_queue: str = Field(
+        "fleet.jobs.observed",
+        description="Quorum queue beside the jobs queue holding a copy of every published job: the announcer records "
+        "`queued` for jobs published straight to AMQP. Empty = off.",
+    )
+    observed_max_length: int = Field(
+        100_000, ge=1, description="Cap on observed_queue; the oldest copies are dropped (those jobs read `unknown` until they start)."
+    )
 
 
 class S3Settings(_Section):
@@ -195,6 +211,84 @@ class IntakeSettings(_Section):
     )
 
 
+class JobsSettings(_Section):
+    status: bool = Field(
+        True,
+        description="Record each job's status in `_fleet/jobs/<job_id>.json` (results bucket): written by publishers, "
+        "consumers and the announcer; read by `funasr-fleet status`.",
+    )
+    status_history: int = Field(32, ge=1, description="Transitions kept in a status object (oldest dropped).")
+    cancel_grace_s: float = Field(
+        10.0,
+        gt=0,
+        description="A running job told to cancel has this long to reach a stage boundary; then its consumer abandons "
+        "the model call and exits (replaced, not counted as a crash).",
+    )
+    cancel_poll_s: float = Field(
+        15.0, gt=0, description="A busy consumer re-reads the job's cancel marker this often (the broadcast is the fast path)."
+    )
+
+
+class WebhookSubscription(BaseModel):
+    """One fleet-wide receiver: every event whose type matches ``events`` is POSTed to ``url``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="https URL of the receiver.")
+    events: list[str] = Field(
+        default_factory=lambda: ["job.*"], description="Event routing keys or patterns: job.succeeded, job.*."
+    )
+
+
+class WebhookSettings(_Section):
+    subscriptions: list[WebhookSubscription] = Field(
+        default_factory=list,
+        description='Fleet-wide receivers, e.g. [{url = "https://hooks.example.com/asr", events = ["job.succeeded"]}].',
+    )
+    callback_events: list[str] = Field(
+        default_factory=lambda: ["job.succeeded", "job.failed", "job.cancelled"],
+        description="Events POSTed to a job's own `callback` URL.",
+    )
+    secret: SecretStr | None = Field(None, description="Signing secret (whsec_<base64>, Standard Webhooks). Secret.")
+    secret_file: Path | None = Field(None, description="File holding the signing secret (Kubernetes secret mount).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts webhooks may go to: exact names or *.domain; empty = any host (still public addresses only).",
+    )
+    allow_private_networks: bool = Field(
+        False, description="Allow private, loopback, link-local and other non-global addresses (never for job callbacks you do not trust)."
+    )
+    retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        description="Delay before each retry of a failed delivery (about 22 h in all); then the webhook dead-letter queue.",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of one delivery.")
+    timeout_s: float = Field(15.0, gt=0, description="Total time one delivery may take (a slower receiver is retried later).")
+    ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) trusted besides the system's, for receivers with a private CA.")
+    queue_prefix: str = Field(
+        "fleet.webhooks", description="Names of the relay's exchange and queues: <prefix>.events, .deliveries, .delay.<ms>ms, .dlq."
+    )
+    concurrency: int = Field(4, ge=1, le=64, description="Deliveries one `funasr-fleet notify` process makes at once.")
+    max_backlog: int = Field(
+        1_000_000, ge=1, description="Events waiting for the relay beyond this go to its dead-letter queue (never slow the consumers)."
+    )
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("retry delays must be positive")
+        return value
+
+    def signing_secret(self) -> str | None:
+        """The secret's value, from the variable or from its file (None when neither is set)."""
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_file is not None:
+            return self.secret_file.read_text().strip()
+        return None
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     format: Literal["auto", "json", "console"] = Field(
@@ -217,6 +311,8 @@ class Settings(BaseSettings):
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     def to_env(self) -> dict[str, str]:
@@ -233,7 +329,7 @@ class Settings(BaseSettings):
                 elif isinstance(value, bool):
                     text = "true" if value else "false"
                 elif isinstance(value, (list, dict)):
-                    text = json.dumps(value)
+                    text = json.dumps(section.model_dump(mode="json", include={key})[key])
                 else:
                     text = str(value)
                 env[f"FLEET_{section_name.upper()}__{key.upper()}"] = text

@@ -261,6 +261,26 @@ class Storage:
             raise StorageError(f"s3://{bucket}/{key} is not a JSON object", code="storage_invalid_json")
         return data
 
+    def get_json_versioned(self, bucket: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        """``(object, etag)`` of a small JSON object, or ``(None, None)``; the etag feeds ``put_json(if_match=)``."""
+        try:
+            with _s3_errors("get", bucket, key):
+                resp = self._client.get_object(Bucket=bucket, Key=key)
+                body = resp["Body"]
+                try:
+                    raw = bytes(body.read())
+                finally:
+                    body.close()
+        except ObjectNotFound:
+            return None, None
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StorageError(f"s3://{bucket}/{key} is not valid JSON: {exc}", code="storage_invalid_json") from None
+        if not isinstance(data, dict):
+            raise StorageError(f"s3://{bucket}/{key} is not a JSON object", code="storage_invalid_json")
+        return data, _clean_etag(resp.get("ETag"))
+
     def put_bytes(
         self,
         bucket: str,

@@ -11,7 +11,11 @@ jobs exchange (direct) --jobs_routing_key-----> jobs queue (quorum, x-delivery-l
                             dead-letter exchange (fanout) --> dead-letter queue (quorum)
 retry exchange (direct) --delay.<ms>--> <retry>.delay.<ms>ms (quorum, x-message-ttl)
                                           | expires: dead-letters back to the jobs exchange
-events exchange (topic): job.started / job.progress / job.succeeded / job.failed
+events exchange (topic): job.started / job.progress / job.succeeded / job.failed / job.cancelled
+control exchange (topic): cancel.<job_id>  (each consumer binds its own exclusive queue)
+dead-letter exchange --> announce queue (quorum): the announcer turns broker dead-letters into job.failed
+jobs exchange --jobs_routing_key--> observed queue (quorum, max-length, drop-head): the announcer
+                                    records `queued` for jobs published straight to AMQP
 ```
 
 The attempt count travels in the :data:`ATTEMPT_HEADER` header (properties and header copies:
@@ -41,6 +45,8 @@ ATTEMPT_HEADER = "x-fleet-attempt"
 RETRY_REASON_HEADER = "x-fleet-retry-reason"
 """Error code of the failure that scheduled this retry (for people reading the queues)."""
 DEAD_LETTER_ROUTING_KEY = "dead"
+
+CONTROL_CANCEL_PREFIX = "cancel."
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,14 @@ class Topology:
     retry_exchange: str
     retry_tiers: tuple[RetryTier, ...]
     events_exchange: str
+    control_exchange: str = ""
+    announce_queue: str = ""
+    observed_queue: str = ""
+
+
+def observed_queue_arguments(amqp: AmqpSettings) -> dict[str, Any]:
+    """A bounded copy of the jobs queue's input: it must never refuse a publish (drop-head, not reject-publish)."""
+    return {"x-queue-type": "quorum", "x-max-length": amqp.observed_max_length, "x-overflow": "drop-head"}
 
 
 def declare(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSettings) -> Topology:
@@ -135,6 +149,7 @@ def declare(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSett
     channel.exchange_declare(amqp.dead_letter_exchange, exchange_type="fanout", durable=True)
     channel.exchange_declare(amqp.retry_exchange, exchange_type="direct", durable=True)
     channel.exchange_declare(amqp.events_exchange, exchange_type="topic", durable=True)
+    channel.exchange_declare(amqp.control_exchange, exchange_type="topic", durable=True)
 
     channel.queue_declare(amqp.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(amqp.dead_letter_queue, amqp.dead_letter_exchange, routing_key=DEAD_LETTER_ROUTING_KEY)
@@ -143,6 +158,12 @@ def declare(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSett
     channel.queue_bind(amqp.jobs_queue, amqp.jobs_exchange, routing_key=amqp.jobs_routing_key)
     if amqp.intake_routing_key != amqp.jobs_routing_key:
         channel.queue_bind(amqp.jobs_queue, amqp.jobs_exchange, routing_key=amqp.intake_routing_key)
+
+    channel.queue_declare(amqp.announce_queue, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(amqp.announce_queue, amqp.dead_letter_exchange, routing_key=DEAD_LETTER_ROUTING_KEY)
+    if amqp.observed_queue:
+        channel.queue_declare(amqp.observed_queue, durable=True, arguments=observed_queue_arguments(amqp))
+        channel.queue_bind(amqp.observed_queue, amqp.jobs_exchange, routing_key=amqp.jobs_routing_key)
 
     tiers = retry_tiers(amqp, consumer)
     for tier in tiers:
@@ -157,6 +178,9 @@ def declare(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSett
         retry_exchange=amqp.retry_exchange,
         retry_tiers=tuple(tiers),
         events_exchange=amqp.events_exchange,
+        control_exchange=amqp.control_exchange,
+        announce_queue=amqp.announce_queue,
+        observed_queue=amqp.observed_queue,
     )
 
 
@@ -168,8 +192,16 @@ def delete(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSetti
     """
     import pika.exceptions
 
-    queues = [amqp.jobs_queue, amqp.dead_letter_queue] + [t.queue for t in retry_tiers(amqp, consumer)]
-    exchanges = [amqp.jobs_exchange, amqp.dead_letter_exchange, amqp.retry_exchange, amqp.events_exchange]
+    queues = [amqp.jobs_queue, amqp.dead_letter_queue, amqp.announce_queue] + [t.queue for t in retry_tiers(amqp, consumer)]
+    if amqp.observed_queue:
+        queues.append(amqp.observed_queue)
+    exchanges = [
+        amqp.jobs_exchange,
+        amqp.dead_letter_exchange,
+        amqp.retry_exchange,
+        amqp.events_exchange,
+        amqp.control_exchange,
+    ]
     for kind, name in [("queue", q) for q in queues] + [("exchange", e) for e in exchanges]:
         if not channel.is_open:
             channel = channel.connection.channel()

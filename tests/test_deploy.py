@@ -780,3 +780,35 @@ def test_topology_job(overlay: str) -> None:
     fleet = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == fleet["image"] and container["envFrom"] == fleet["envFrom"]
     assert "ttlSecondsAfterFinished" in job["spec"], "a finished Job must go away so re-applying runs it again"
+
+
+def test_webhooks_overlay_adds_the_notify_relay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """overlays/webhooks = cpu + components/webhooks: the relay is its own Deployment, valid and wired like the fleet."""
+    docs = render("overlays/webhooks")
+    for doc in docs:
+        validate_k8s(doc)
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    assert set(deployments) == {"funasr-fleet", "funasr-fleet-notify"}
+    fleet = deployments["funasr-fleet"]["spec"]["template"]["spec"]["containers"][0]
+    assert deployments["funasr-fleet"] == one(render("overlays/cpu"), "Deployment"), "the fleet itself is unchanged"
+    notify = deployments["funasr-fleet-notify"]
+    pod = notify["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    check_cli(container["args"])
+    assert container["args"] == ["notify"] and container["image"] == fleet["image"]
+    assert container["envFrom"] == fleet["envFrom"]
+    env = dict(fleet_configmap(docs)["data"])
+    env.update({e["name"]: e.get("value", "amqp://u:p@rabbitmq:5672/%2F") for e in container["env"]})
+    s = build_settings(env, monkeypatch)
+    secrets = example_secrets()
+    (volume,) = [v for v in pod["spec"]["volumes"] if "secret" in v]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    paths = {f"{mount['mountPath']}/{i['path']}": i["key"] for i in volume["secret"]["items"]}
+    assert paths[str(s.webhooks.secret_file)] in secrets[volume["secret"]["secretName"]]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and pod["spec"]["securityContext"]["runAsNonRoot"]
+    # the relay's pods are neither scraped as consumers nor counted by the fleet's PDB and Service
+    labels = pod["metadata"]["labels"]
+    for kind in ("Service", "PodDisruptionBudget"):
+        selector = one(docs, kind)["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        assert not selector.items() <= labels.items(), f"the fleet's {kind} selects the relay"

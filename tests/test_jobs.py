@@ -321,3 +321,71 @@ def test_message_kind() -> None:
     assert message_kind({"audio": AUDIO}) == "job"
     assert message_kind({"Records": []}) == "s3-event"
     assert message_kind({"EventName": "s3:ObjectCreated:Put", "Key": "b/k"}) == "s3-event"
+
+
+# --- callback ----------------------------------------------------------------------------------------
+def test_callback_does_not_change_the_derived_id() -> None:
+    plain = parse_job(b'{"audio": "s3://fleet-audio/calls/2026/a.wav", "formats": ["srt"]}')
+    hooked = parse_job(
+        b'{"audio": "s3://fleet-audio/calls/2026/a.wav", "formats": ["srt"], "callback": "https://hooks.example.com/x"}'
+    )
+    assert plain.job_id == hooked.job_id == "j-bfbb7f4edd852e10c364c9ef1a605d1c"
+    assert hooked.callback == "https://hooks.example.com/x"
+    assert b"callback" not in plain.to_body() and b"callback" in hooked.to_body()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/x",
+        "ftp://hooks.example.com/x",
+        "hooks.example.com/x",
+        "https://user:pw@hooks.example.com/x",
+        "https:///nohost",
+        "https://hooks.example.com/x#frag",
+        "https://hooks.example.com/a b",
+        "https://0x7f.1/x",
+        "https://hooks.example.com:99999/x",
+        "https://" + "a" * 2100 + ".com/",
+        "",
+        "javascript:alert(1)",
+    ],
+)
+def test_bad_callback_is_a_permanent_error_at_validation(url: str) -> None:
+    from funasr_fleet.errors import CallbackInvalid
+
+    with pytest.raises(CallbackInvalid) as err:
+        parse_job(body(callback=url))
+    assert err.value.code == "callback_invalid" and err.value.permanent
+
+
+def test_callback_type_must_be_a_string() -> None:
+    with pytest.raises(FleetError):
+        parse_job(body(callback=42))
+
+
+@pytest.mark.parametrize(
+    ("url", "settings_kw", "ok"),
+    [
+        ("https://hooks.example.com/x", {}, True),
+        ("https://127.0.0.1/x", {}, False),
+        ("https://[::1]/x", {}, False),
+        ("https://10.0.0.5/x", {}, False),
+        ("https://169.254.169.254/latest/meta-data", {}, False),
+        ("https://localhost/x", {}, False),
+        ("https://127.0.0.1/x", {"allow_private_networks": True}, True),
+        ("https://hooks.example.com/x", {"allowed_hosts": ["*.example.com"]}, True),
+        ("https://example.com/x", {"allowed_hosts": ["*.example.com"]}, False),
+        ("https://evil.com/x", {"allowed_hosts": ["hooks.example.com"]}, False),
+    ],
+)
+def test_callback_allow_list_and_addresses_with_settings(url: str, settings_kw: dict[str, Any], ok: bool) -> None:
+    from funasr_fleet.errors import CallbackNotAllowed
+
+    cfg = Settings(webhooks=settings_kw)
+    if ok:
+        assert parse_job(body(callback=url), cfg).callback == url
+    else:
+        with pytest.raises(CallbackNotAllowed) as err:
+            parse_job(body(callback=url), cfg)
+        assert err.value.code == "callback_not_allowed" and err.value.permanent

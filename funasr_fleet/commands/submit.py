@@ -2,7 +2,8 @@
 
 Output contract (scripts rely on it): without ``--wait`` stdout is the job id; with ``--wait`` and
 success, the LAST lines of stdout are the output URIs, one ``s3://...`` per line (manifest last);
-on failure stdout's last line is ``failed <error_code>`` and the exit status is non-zero.
+on failure stdout's last line is ``failed <error_code>`` and the exit status is non-zero; a job
+cancelled while waited for ends with ``cancelled`` (exit status 3).
 Logs and the progress bar go to stderr.
 """
 
@@ -18,6 +19,7 @@ HELP = "submit an s3:// object (or a local file with --upload) as a job; --wait 
 EXIT_FAILED = 1  # the job failed (its error code is printed)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: broker or S3 unreachable
 EXIT_TIMEOUT = 75  # EX_TEMPFAIL: --timeout passed before the job finished
+EXIT_CANCELLED = 3  # the job was cancelled (funasr-fleet cancel) before it finished
 
 
 def _formats(values: list[str]) -> list[str]:
@@ -55,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metadata", type=_metadata, action="append", default=[], metavar="KEY=VALUE", help="passed to every event"
     )
     parser.add_argument("--no-progress", action="store_true", help="with --wait: no progress bar on stderr")
+    parser.add_argument(
+        "--callback", default=None, metavar="URL", help="https URL the final event is POSTed to (funasr-fleet notify)"
+    )
 
 
 def _upload(args: argparse.Namespace, settings, storage):  # type: ignore[no-untyped-def]
@@ -114,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 options=options,
                 metadata={**dropped.metadata, **metadata},
                 job_id=args.job_id or dropped.job_id,
+                callback=args.callback,
             )
         else:
             job = build_job(
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 options=options,
                 metadata=metadata,
                 job_id=args.job_id,
+                callback=args.callback,
             )
         with Client(settings) as client:
             job_id = client.submit(job)
@@ -142,5 +149,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"funasr-fleet submit: job {result.job_id} {result.status}: {result.error_code}: {result.error_message}",
           file=sys.stderr)  # fmt: skip
+    if result.status == "cancelled":
+        print("cancelled")
+        return EXIT_CANCELLED
     print(f"failed {result.error_code}")
     return EXIT_TIMEOUT if result.status == "timeout" else EXIT_FAILED
