@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from funasr_fleet.engine import hotwords
 from funasr_fleet.errors import (
     BadS3Uri,
     BucketNotAllowed,
@@ -87,10 +88,22 @@ def safe_prefix(prefix: str) -> str:
 class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hotwords: list[str] = Field(default_factory=list, max_length=200)
+    hotwords: list[str] = Field(
+        default_factory=list,
+        description=f"Phrases to boost (hotword-capable models). At most {hotwords.MAX_HOTWORDS} entries of at most "
+        f"{hotwords.MAX_HOTWORD_CHARS} characters; stored normalised (whitespace runs → one space, blanks and "
+        "duplicates dropped). Each entry is one hotword, never a URL or file to fetch.",
+    )
     diarize: bool = True
     num_speakers: int | None = Field(None, ge=1, le=32)
     language: str | None = Field(None, max_length=16)
+
+    @field_validator("hotwords", mode="before")
+    @classmethod
+    def _hotwords(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value  # pydantic names the type error
+        return hotwords.sanitize(value)  # HotwordsInvalid is a ValueError → schema_invalid
 
 
 class JobRequest(BaseModel):
