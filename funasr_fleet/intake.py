@@ -13,6 +13,7 @@ enqueue an object once; a marker younger than ``intake.sweep_recent_s`` means "e
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -25,7 +26,7 @@ import structlog
 
 from funasr_fleet.bucket_events import EventClass, Record, parse_records
 from funasr_fleet.errors import FleetError, ObjectNotFound, SchemaInvalid, StorageError
-from funasr_fleet.jobs import JobRequest, S3Location, job_id_for_object, safe_prefix
+from funasr_fleet.jobs import MAX_KEY_BYTES, JobRequest, S3Location, job_id_for_object, safe_prefix
 from funasr_fleet.manifest import manifest_key, records_object
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import ObjectInfo, Storage, WriteConflict
@@ -34,6 +35,10 @@ log = structlog.get_logger(__name__)
 
 SWEEP_MARKER_PREFIX = "_fleet/sweep/"
 """Key prefix (results bucket) of the sweep's "enqueued at" markers."""
+LONG_KEYS_DIR = "_long-keys"
+"""Under the results prefix: output prefixes of keys too long to mirror (``output_prefix_for``)."""
+OUTPUT_NAME_RESERVE = 64
+"""Bytes kept free after an output prefix for ``/transcript.<ext>`` and ``/manifest.json``."""
 MAX_SWEEP_ENQUEUES = 3
 """An object still without a manifest after this many sweep enqueues is left alone (it keeps failing)."""
 
@@ -76,14 +81,23 @@ def skip_reason(settings: Settings, bucket: str, key: str) -> str | None:
 
 
 def output_prefix_for(settings: Settings, key: str) -> str:
-    """``<results_prefix>/<key>``, with segments S3 allows but a prefix must not have neutralised."""
+    """``<results_prefix>/<key>``, with segments S3 allows but a prefix must not have neutralised.
+
+    A key so long that ``<prefix>/<output name>`` would pass S3's 1,024-byte key limit gets
+    ``<results_prefix>/_long-keys/<sha256(key)[:32]>`` instead (deterministic, so it is still one
+    prefix per key; the manifest and the events name the input key).
+    """
     segments = []
     for seg in key.replace("\\", "_").replace("\x00", "_").split("/"):
         if seg in ("", ".", ".."):
             seg = "_" + seg
         segments.append(seg)
     base = settings.s3.results_prefix.strip("/")
-    return safe_prefix("/".join([base, *segments]) if base else "/".join(segments))
+    prefix = "/".join([base, *segments]) if base else "/".join(segments)
+    if len(prefix.encode()) > MAX_KEY_BYTES - OUTPUT_NAME_RESERVE:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        prefix = f"{base}/{LONG_KEYS_DIR}/{digest}" if base else f"{LONG_KEYS_DIR}/{digest}"
+    return safe_prefix(prefix)
 
 
 def job_for_object(
