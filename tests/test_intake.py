@@ -616,3 +616,71 @@ def test_a_manifest_of_another_job_for_the_same_bytes_is_done(storage: Storage, 
     # new bytes under the key: not done
     storage.put_bytes(inbox, "done/other-id.wav", b"RIFF replaced")
     assert intake.sweep(s, storage, Collect()).enqueued == 1
+
+
+# --- a refused fan-out is retried, not dead-lettered (issue 16, phase 2) --------------------------------
+def _rabbitmqctl(*args: str) -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        pytest.skip("rabbitmqctl is not available to set a queue policy")
+    subprocess.run([exe, *args], check=True, capture_output=True, timeout=60)
+
+
+def _vhost(url: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url).path.lstrip("/")) or "/"
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: the consumer must retry a refused fan-out through the delay tiers")
+def test_a_refused_fan_out_is_retried_not_dead_lettered(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    """The jobs queue at its length limit (a max-length policy; the queue is x-overflow=reject-publish)
+    nacks the second job a notification fans out into. Right: the notification goes to a delay tier
+    (job.progress 'retrying', no job.failed, nothing dead-lettered) and, once there is room, both jobs
+    run; the job already published is idempotent."""
+    import re
+
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = fleet_settings(
+        with_engine=True,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 1.0, "retry_max_delay_s": 2.0,
+                  "retry_max_attempts": 4},
+    )  # fmt: skip
+    inbox = s.s3.inbox_bucket
+    wav = (audio_dir / "dialogue.wav").read_bytes()
+    infos = {k: storage.put_bytes(inbox, k, wav[: len(wav) - i * 1000]) for i, k in enumerate(["full/a.wav", "full/b.wav"])}
+    note = minio_body(inbox, quote_plus("full/a.wav"), etag=infos["full/a.wav"].etag)
+    note["Records"] += minio_body(inbox, quote_plus("full/b.wav"), etag=infos["full/b.wav"].etag)["Records"]
+    jobs = parse_notification(note, s)
+    assert isinstance(jobs, list) and len(jobs) == 2
+    vhost = _vhost(s.amqp.url.get_secret_value())
+    policy = f"{s.amqp.jobs_queue}-full"
+    broker = Broker(s)  # declares the topology
+    try:
+        broker.publish(note, message_id="note-full", routing_key=s.amqp.intake_routing_key)
+        # A quorum queue refuses a publish once it holds MORE than max-length ready messages (measured:
+        # limit 0 takes one, refuses the next). Once a consumer holds the notification, the first
+        # fanned-out job is taken and the second refused.
+        _rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "10", policy,
+                     f"^{re.escape(s.amqp.jobs_queue)}$", json.dumps({"max-length": 0}))  # fmt: skip
+        try:
+            with consumer_thread(s):
+                first = broker.wait_event(lambda e: e.subject == "note-full", timeout=120, what="the notification's outcome")
+                assert first.kind == "progress" and first.data.stage == "retrying", (first.kind, first.data.error)
+                assert first.data.error is not None and first.data.error.code == "broker_unavailable"
+                _rabbitmqctl("clear_policy", "-p", vhost, policy)
+                for job in jobs:
+                    final = broker.final(str(job.job_id), timeout=180)
+                    assert final.kind == "succeeded", final.data.error
+        finally:
+            _rabbitmqctl("clear_policy", "-p", vhost, policy)
+        assert not [e for e in broker.of("note-full") if e.kind == "failed"]
+        assert broker.count(s.amqp.dead_letter_queue) == 0
+    finally:
+        broker.close()
