@@ -684,3 +684,141 @@ def test_a_refused_fan_out_is_retried_not_dead_lettered(
         assert broker.count(s.amqp.dead_letter_queue) == 0
     finally:
         broker.close()
+
+
+# --- the metadata-events case with the real consumer ----------------------------------------------------
+def _publish_note(s: Settings, note: dict[str, Any], message_id: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(s.amqp.jobs_exchange, s.amqp.intake_routing_key, json.dumps(note).encode(),
+                         pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=message_id),
+                         mandatory=True)  # fmt: skip
+    finally:
+        conn.close()
+
+
+def _consumer_settings(fleet_settings: Callable[..., Settings], tmp_path: Any, **consumer: Any) -> Settings:
+    return fleet_settings(
+        with_engine=True,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 0.5, "retry_max_attempts": 2,
+                  "result_reuse": False, **consumer},
+    )  # fmt: skip
+
+
+def test_metadata_events_after_an_upload_start_nothing(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    """shared/cases/metadata-events: one upload, then tagging/retention/legal-hold records (one with an
+    empty eTag and size 0). Right: one transcription, one job.succeeded; the rest acked and ignored;
+    the manifest keeps its job id; a later sweep finds the object done."""
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "calls/2026-11-30/tagged.wav"
+    info = storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    job_id = job_id_for_object(inbox, key, info.etag)
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            _publish_note(s, case_event("1-event-put.json", inbox, etag=info.etag), "note-put")
+            assert broker.final(job_id).kind == "succeeded"
+            out = intake.job_for_object(s, inbox, key, info.etag).output_location(s)
+            before = storage.head(out.bucket, manifest_key(out.key))
+            notes = [case_event("2-event-put-tagging.json", inbox, etag=info.etag),
+                     case_event("6-event-put-tagging-no-etag.json", inbox)]  # fmt: skip
+            for event in ("DeleteTagging", "PutRetention", "PutLegalHold"):
+                note = case_event("2-event-put-tagging.json", inbox, etag=info.etag)
+                note["EventName"] = note["Records"][0]["eventName"] = f"s3:ObjectCreated:{event}"
+                notes.append(note)
+            for i, note in enumerate(notes):
+                _publish_note(s, note, f"note-meta-{i}")
+            # a job published after the notes finishes after them (one consumer, prefetch 1, FIFO)
+            broker.publish({"job_id": "after-notes", "audio": f"s3://{inbox}/{key}", "formats": ["txt"]}, message_id="after-notes")
+            assert broker.final("after-notes").kind == "succeeded"
+        finals = [e for e in broker.of(job_id) if e.final]
+        assert [e.kind for e in finals] == ["succeeded"]
+        assert {e.subject for e in broker.seen} == {job_id, "after-notes"}  # no other job, no event of a note
+        after = storage.head(out.bucket, manifest_key(out.key))
+        assert after.etag == before.etag  # the manifest was not rewritten
+        manifest = storage.get_json(out.bucket, manifest_key(out.key))
+        assert manifest is not None and manifest["job_id"] == job_id
+        assert broker.count(s.amqp.dead_letter_queue) == 0 and broker.count(s.amqp.jobs_queue) == 0
+    finally:
+        broker.close()
+    report = intake.sweep(s, storage, Collect())
+    assert report.done == 1 and report.enqueued == 0
+
+
+# --- phase 2: the consumer wiring (strict xfail until the handler calls the new functions) ---------------
+PHASE2 = "phase 2: consumer/handler.py wiring (see docs/drafts/intake-and-job-messages.md)"
+
+
+@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _fan_out calls intake.resolve_notification")
+def test_fan_out_looks_up_a_record_without_etag(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "noetag/upload.wav"
+    info = storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            _publish_note(s, minio_body(inbox, quote_plus(key, safe=""), etag="", size=0), "note-no-etag")
+            final = broker.final(job_id_for_object(inbox, key, info.etag), timeout=60)
+        assert final.kind == "succeeded"
+    finally:
+        broker.close()
+
+
+@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _fan_out calls intake.record_enqueued after the confirms")
+def test_fan_out_records_its_jobs_for_the_sweep(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "recorded/upload.wav"
+    info = storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    job_id = job_id_for_object(inbox, key, info.etag)
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            _publish_note(s, minio_body(inbox, quote_plus(key, safe=""), etag=info.etag), "note-recorded")
+            assert broker.final(job_id).kind == "succeeded"
+    finally:
+        broker.close()
+    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(job_id))
+    assert marker is not None and marker["via"] == "s3-event"
+
+
+@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _answer_from_manifest uses manifest.answers")
+def test_a_manifest_of_another_job_id_answers_and_does_not_flip(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    """Two job ids for the same input bytes, engine, options and output prefix: the second is answered
+    from the first one's manifest (its own job id in the event, reused 'manifest'); the manifest keeps
+    the first id."""
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "two-ids/call.wav"
+    storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    prefix = f"s3://{s.s3.results_bucket}/shared/two-ids"
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            for jid in ("first-id", "second-id"):
+                broker.publish({"job_id": jid, "audio": f"s3://{inbox}/{key}", "output": prefix, "formats": ["json"],
+                                "metadata": {"who": jid}}, message_id=jid)  # fmt: skip
+                assert broker.final(jid).kind == "succeeded"
+        second = [e for e in broker.of("second-id") if e.final][0]
+        assert second.data.reused == "manifest" and second.data.metadata == {"who": "second-id"}
+        assert not [e for e in broker.of("second-id") if e.kind == "progress" and e.data.stage == "transcribed"]
+        manifest = storage.get_json(s.s3.results_bucket, "shared/two-ids/manifest.json")
+        assert manifest is not None and manifest["job_id"] == "first-id"
+    finally:
+        broker.close()
