@@ -815,7 +815,7 @@ def test_a_manifest_of_another_job_id_answers_and_does_not_flip(
                 broker.publish({"job_id": jid, "audio": f"s3://{inbox}/{key}", "output": prefix, "formats": ["json"],
                                 "metadata": {"who": jid}}, message_id=jid)  # fmt: skip
                 assert broker.final(jid).kind == "succeeded"
-        second = [e for e in broker.of("second-id") if e.final][0]
+        second = next(e for e in broker.of("second-id") if e.final)
         assert second.data.reused == "manifest" and second.data.metadata == {"who": "second-id"}
         assert not [e for e in broker.of("second-id") if e.kind == "progress" and e.data.stage == "transcribed"]
         manifest = storage.get_json(s.s3.results_bucket, "shared/two-ids/manifest.json")
