@@ -132,8 +132,21 @@ def test_dlq_list_shows_the_error_and_the_object(fleet_settings: Callable[..., S
         (json.dumps({**good_job, "job_id": "dl-retried"}).encode(), "dl-retried",
          {topology.ATTEMPT_HEADER: 3, topology.RETRY_REASON_HEADER: "storage_unavailable"}),
     ])  # fmt: skip
+    # as the consumer will dead-letter a failed message itself (phase 2): a copy with the error headers
+    conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        headers = {topology.ERROR_CODE_HEADER: "undecodable_audio", topology.ERROR_MESSAGE_HEADER: "ffmpeg: invalid data"}
+        ch.basic_publish(s.amqp.dead_letter_exchange, topology.DEAD_LETTER_ROUTING_KEY,
+                         json.dumps({**good_job, "job_id": "dl-copied"}).encode(),
+                         pika.BasicProperties(delivery_mode=2, message_id="dl-copied", headers=headers), mandatory=True)  # fmt: skip
+    finally:
+        conn.close()
     rows = {d.message_id: d for d in dlq.list_dead(s)}
-    assert len(rows) == 8 and all(d.reason == "rejected" for d in rows.values())
+    assert len(rows) == 9 and all(d.reason == "rejected" for d in rows.values())
+    assert (rows["dl-copied"].last_error, rows["dl-copied"].error_source, rows["dl-copied"].deaths) == (
+        "undecodable_audio", "header", 0)
 
     def shows(mid: str, code: str | None, source: str | None, kind: str) -> None:
         d = rows[mid]
@@ -152,13 +165,13 @@ def test_dlq_list_shows_the_error_and_the_object(fleet_settings: Callable[..., S
     assert rows["dl-note"].audio == f"s3://{inbox}/calls/a b.wav" and rows["dl-note"].records == 2
     assert rows["dl-good"].audio == f"s3://{inbox}/calls/take#2 (final)?.wav" and rows["dl-good"].job_id == "dl-good"
     assert rows["dl-header"].error_message == "get: object not found"
-    assert _count_dlq(s) == 8  # listing loses nothing
+    assert _count_dlq(s, 9) == 9  # listing loses nothing
 
 
-def _count_dlq(settings: Settings) -> int:
+def _count_dlq(settings: Settings, expect: int) -> int:
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp.url.get_secret_value()))
     try:
-        return _count(conn.channel(), settings.amqp.dead_letter_queue, 8)
+        return _count(conn.channel(), settings.amqp.dead_letter_queue, expect)
     finally:
         conn.close()
 

@@ -110,7 +110,8 @@ def _summary(props: pika.BasicProperties, body: bytes, settings: Settings | None
     return DeadLetter(
         job_id=job_id or props.message_id,
         message_id=props.message_id,
-        reason=_text(first.get("reason")),
+        # a message the consumer dead-lettered itself (with the error headers) has no x-death
+        reason=_text(first.get("reason")) or ("rejected" if error_source == "header" else None),
         queue=_text(first.get("queue")),
         deaths=int(sum(int(d.get("count", 1)) for d in deaths)) if deaths else 0,
         attempt=int(headers[topology.ATTEMPT_HEADER]) if topology.ATTEMPT_HEADER in headers else None,
