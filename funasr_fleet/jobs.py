@@ -10,10 +10,10 @@ import hashlib
 import json
 import re
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from funasr_fleet.engine import hotwords
 from funasr_fleet.errors import (
     BadS3Uri,
     BucketNotAllowed,
@@ -49,8 +49,20 @@ class S3Location(BaseModel):
         return self.uri
 
 
+S3_SCHEME = "s3://"
+MAX_KEY_BYTES = 1024
+
+
 def parse_s3_uri(value: str | dict[str, Any] | S3Location, *, allow_empty_key: bool = False) -> S3Location:
-    """``s3://bucket/key`` or ``{"bucket": ..., "key": ...}`` → S3Location, or BadS3Uri."""
+    """``s3://bucket/key`` or ``{"bucket": ..., "key": ...}`` → S3Location, or BadS3Uri.
+
+    The key rule (as the AWS CLI reads ``s3://`` URIs): everything after the first ``/`` behind the
+    bucket is the key, LITERALLY: ``#``, ``?``, ``%``, ``+``, spaces and any UTF-8 are key
+    characters, nothing is percent-decoded, nothing is a query or fragment. So every key S3 accepts
+    can be named, and ``parse_s3_uri(loc.uri) == loc`` for every S3Location. The scheme is
+    ``s3://`` (any case); the bucket must follow S3's naming rules; the key is at most 1,024 bytes
+    of UTF-8 and may be empty only with ``allow_empty_key`` (an output prefix).
+    """
     if isinstance(value, S3Location):
         bucket, key = value.bucket, value.key
     elif isinstance(value, dict):
@@ -58,18 +70,21 @@ def parse_s3_uri(value: str | dict[str, Any] | S3Location, *, allow_empty_key: b
         if not isinstance(bucket, str) or not isinstance(key, str):
             raise BadS3Uri(f"S3 location needs string bucket and key: {value!r}")
     elif isinstance(value, str):
-        parts = urlsplit(value)
-        if parts.scheme != "s3" or parts.query or parts.fragment:
-            raise BadS3Uri(f"not an s3://bucket/key URI: {value!r}")
-        bucket, key = parts.netloc, parts.path.lstrip("/")
+        if value[: len(S3_SCHEME)].lower() != S3_SCHEME:
+            raise BadS3Uri(f"not an s3://bucket/key URI: {value[:200]!r}")
+        bucket, _, key = value[len(S3_SCHEME) :].partition("/")
     else:
         raise BadS3Uri(f"S3 location must be a string or an object, not {type(value).__name__}")
     if not _BUCKET.match(bucket or ""):
-        raise BadS3Uri(f"invalid bucket name {bucket!r}")
+        raise BadS3Uri(f"invalid bucket name {bucket[:80]!r}")
     if not key and not allow_empty_key:
         raise BadS3Uri(f"S3 location has no key: s3://{bucket}/")
-    if len(key.encode()) > 1024:
-        raise BadS3Uri("S3 key longer than 1024 bytes")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadS3Uri("S3 key is not valid UTF-8 (a lone surrogate)") from None
+    if size > MAX_KEY_BYTES:
+        raise BadS3Uri(f"S3 key longer than {MAX_KEY_BYTES} bytes")
     return S3Location(bucket=bucket, key=key)
 
 
@@ -89,10 +104,22 @@ def safe_prefix(prefix: str) -> str:
 class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hotwords: list[str] = Field(default_factory=list, max_length=200)
+    hotwords: list[str] = Field(
+        default_factory=list,
+        description=f"Phrases to boost (hotword-capable models). At most {hotwords.MAX_HOTWORDS} entries of at most "
+        f"{hotwords.MAX_HOTWORD_CHARS} characters; stored normalised (whitespace runs → one space, blanks and "
+        "duplicates dropped). Each entry is one hotword, never a URL or file to fetch.",
+    )
     diarize: bool = True
     num_speakers: int | None = Field(None, ge=1, le=32)
     language: str | None = Field(None, max_length=16)
+
+    @field_validator("hotwords", mode="before")
+    @classmethod
+    def _hotwords(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value  # pydantic names the type error
+        return hotwords.sanitize(value)  # HotwordsInvalid is a ValueError → schema_invalid
 
 
 class JobRequest(BaseModel):

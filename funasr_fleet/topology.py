@@ -44,6 +44,11 @@ ATTEMPT_HEADER = "x-fleet-attempt"
 """1-based attempt number of a job message; absent on the first delivery."""
 RETRY_REASON_HEADER = "x-fleet-retry-reason"
 """Error code of the failure that scheduled this retry (for people reading the queues)."""
+ERROR_CODE_HEADER = "x-fleet-error-code"
+"""On a dead letter: the stable error code of the failure that dead-lettered it (the consumer sets it
+when it dead-letters a message itself; ``funasr-fleet dlq list`` shows it)."""
+ERROR_MESSAGE_HEADER = "x-fleet-error-message"
+"""On a dead letter: that failure's message (at most 1,000 characters)."""
 DEAD_LETTER_ROUTING_KEY = "dead"
 
 CONTROL_CANCEL_PREFIX = "cancel."

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -14,6 +14,7 @@ import pika
 import pytest
 
 from funasr_fleet import intake
+from funasr_fleet.bucket_events import EventClass, classify_event
 from funasr_fleet.errors import BrokerUnavailable, MalformedMessage, SchemaInvalid
 from funasr_fleet.intake import Ignored, parse_notification
 from funasr_fleet.jobs import JobRequest, job_id_for_object, message_kind, safe_prefix
@@ -189,11 +190,18 @@ def test_unsafe_keys_get_a_safe_output_prefix() -> None:
         assert job.output.key.startswith("results/")
 
 
-def test_missing_etag_still_deterministic() -> None:
-    body = minio_body("inbox", "x.wav")
-    del body["Records"][0]["s3"]["object"]["eTag"]
-    settings = settings_for()
-    assert one_job(parse_notification(body, settings)).job_id == one_job(parse_notification(copy.deepcopy(body), settings)).job_id
+def test_a_record_without_etag_never_invents_an_identity() -> None:
+    """Pure parsing cannot know the object's bytes: no job (resolve_notification looks it up)."""
+    for etag_field in ("absent", "", '""'):
+        body = minio_body("inbox", "x.wav", version_id="v-7")
+        obj = body["Records"][0]["s3"]["object"]
+        if etag_field == "absent":
+            del obj["eTag"]
+        else:
+            obj["eTag"] = etag_field
+        result = parse_notification(body, settings_for())
+        assert isinstance(result, Ignored), etag_field
+        assert "no eTag" in result.reason
 
 
 def _without(path: tuple[str, ...]) -> dict[str, Any]:
@@ -431,3 +439,386 @@ def test_sweep_cli_once(storage: Storage, sweep_settings: Settings) -> None:
         env=subprocess_env(s), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert json.loads(again.stdout.strip().splitlines()[-1])["recent"] == 1
+
+
+# --- event kinds: content vs metadata-only (issue 16) ---------------------------------------------------
+CASE_EVENTS = Path(__file__).parent / "fixtures" / "events"
+
+
+def case_event(name: str, bucket: str, etag: str | None = None) -> dict[str, Any]:
+    """A recorded MinIO notification (tests/fixtures/events, from shared/cases/metadata-events) for our bucket."""
+    body = json.loads((CASE_EVENTS / name).read_text().replace("fleet-inbox", bucket))
+    if etag is not None:
+        body["Records"][0]["s3"]["object"]["eTag"] = etag
+    return body
+
+
+@pytest.mark.parametrize(
+    ("event", "kind"),
+    [
+        *[(f"s3:ObjectCreated:{k}", EventClass.CONTENT) for k in ("Put", "Post", "Copy", "CompleteMultipartUpload")],
+        *[(f"ObjectCreated:{k}", EventClass.CONTENT) for k in ("Put", "Post", "Copy", "CompleteMultipartUpload")],
+        *[(f"s3:ObjectCreated:{k}", EventClass.METADATA) for k in ("PutTagging", "DeleteTagging", "PutRetention", "PutLegalHold")],
+        ("s3:ObjectCreated:PutObjectLockRetention", EventClass.UNKNOWN_CREATED),
+        ("s3:ObjectCreated:SomethingNew", EventClass.UNKNOWN_CREATED),
+        ("s3:ObjectCreated:*", EventClass.UNKNOWN_CREATED),
+        ("s3:ObjectCreated:put", EventClass.UNKNOWN_CREATED),  # names are case-sensitive
+        ("s3:ObjectRemoved:Delete", EventClass.OTHER),
+        ("s3:ObjectTagging:Put", EventClass.OTHER),  # AWS's own tagging events
+        ("s3:ObjectAccessed:Get", EventClass.OTHER),
+        ("s3:ObjectRestore:Completed", EventClass.OTHER),
+        ("s3:Replication:OperationFailedReplication", EventClass.OTHER),
+        ("", EventClass.OTHER),
+    ],
+)
+def test_classify_event(event: str, kind: EventClass) -> None:
+    assert classify_event(event) is kind
+
+
+@pytest.mark.parametrize("event", ["PutTagging", "DeleteTagging", "PutRetention", "PutLegalHold"])
+def test_metadata_only_records_are_ignored(event: str) -> None:
+    result = parse_notification(minio_body("inbox", "calls%2Fx.wav", event=f"s3:ObjectCreated:{event}"), settings_for())
+    assert isinstance(result, Ignored)
+    assert "metadata-only" in result.reason and "s3://inbox/calls/x.wav" in result.reason
+
+
+@pytest.mark.parametrize("name", ["2-event-put-tagging.json", "6-event-put-tagging-no-etag.json"])
+def test_recorded_tagging_events_are_ignored(name: str) -> None:
+    result = parse_notification(case_event(name, "inbox"), settings_for())
+    assert isinstance(result, Ignored) and "metadata-only" in result.reason
+
+
+def test_recorded_upload_event_is_one_job() -> None:
+    job = one_job(parse_notification(case_event("1-event-put.json", "inbox"), settings_for()))
+    assert job.audio.key == "calls/2026-11-30/tagged.wav"
+    assert job.job_id == job_id_for_object("inbox", "calls/2026-11-30/tagged.wav", "767dddaa00308cf6d8074da22f36206d")
+
+
+def test_upload_then_metadata_records_in_one_notification_is_one_job() -> None:
+    body = minio_body("inbox", "x.wav")
+    for event in ("PutTagging", "DeleteTagging", "PutRetention", "PutLegalHold"):
+        body["Records"] += minio_body("inbox", "x.wav", event=f"s3:ObjectCreated:{event}")["Records"]
+    body["Records"] += minio_body("inbox", "x.wav", event="s3:ObjectCreated:PutTagging", etag="", size=0)["Records"]
+    result = parse_notification(body, settings_for())
+    assert isinstance(result, list) and [j.job_id for j in result] == [job_id_for_object("inbox", "x.wav", ETAG)]
+
+
+def test_unknown_created_kind_is_ignored_and_says_so() -> None:
+    result = parse_notification(minio_body("inbox", "x.wav", event="s3:ObjectCreated:SomethingNew"), settings_for())
+    assert isinstance(result, Ignored)
+    assert "does not know" in result.reason and "sweep" in result.reason
+
+
+def test_metadata_records_are_not_validated_like_uploads() -> None:
+    """A tagging record with size 0 and no eTag (as some servers send) is not malformed: just ignored."""
+    body = minio_body("inbox", "x.wav", event="s3:ObjectCreated:PutTagging", etag="", size=0)
+    body["Records"][0]["s3"]["object"]["size"] = "0"
+    assert isinstance(parse_notification(body, settings_for()), Ignored)
+
+
+def test_undecodable_key_escapes_are_schema_invalid() -> None:
+    with pytest.raises(SchemaInvalid, match="not percent-encoded UTF-8"):
+        parse_notification(minio_body("inbox", "calls%2F%FF%FE.wav"), settings_for())
+
+
+# --- records without an eTag: looked up in the real S3 ---------------------------------------------------
+def test_resolve_notification_looks_up_records_without_etag(storage: Storage, sweep_settings: Settings) -> None:
+    s = sweep_settings
+    inbox = s.s3.inbox_bucket
+    info = storage.put_bytes(inbox, "calls/2026-11-30/tagged.wav", b"RIFF....WAVEfmt one", content_type="audio/wav")
+    upload = one_job(intake.resolve_notification(case_event("1-event-put.json", inbox, etag=info.etag), s, storage))
+    assert upload.job_id == job_id_for_object(inbox, "calls/2026-11-30/tagged.wav", info.etag)
+
+    no_etag = case_event("1-event-put.json", inbox, etag="")  # an upload record without an eTag
+    no_etag["Records"][0]["s3"]["object"]["size"] = 0
+    looked_up = one_job(intake.resolve_notification(no_etag, s, storage))
+    assert looked_up.job_id == upload.job_id  # the same identity, never a new one
+    assert looked_up.output == upload.output
+    assert looked_up.metadata["object"] == {"etag": info.etag, "size": info.size}
+
+    # metadata-only records are ignored before any lookup
+    for name in ("2-event-put-tagging.json", "6-event-put-tagging-no-etag.json"):
+        assert isinstance(intake.resolve_notification(case_event(name, inbox), s, storage), Ignored)
+
+    # the object is gone: nothing to do
+    storage.delete(inbox, "calls/2026-11-30/tagged.wav")
+    gone = intake.resolve_notification(no_etag, s, storage)
+    assert isinstance(gone, Ignored) and "no longer exists" in gone.reason
+
+
+def test_resolve_notification_keeps_record_etags_and_mixes(storage: Storage, sweep_settings: Settings) -> None:
+    s = sweep_settings
+    inbox = s.s3.inbox_bucket
+    a = storage.put_bytes(inbox, "m/a.wav", b"aaaa")
+    b = storage.put_bytes(inbox, "m/b b.wav", b"bbbb")
+    body = minio_body(inbox, "m%2Fa.wav", etag=f'"{a.etag}"')
+    body["Records"] += minio_body(inbox, "m%2Fb+b.wav", etag="")["Records"]
+    body["Records"] += minio_body(inbox, "m%2Fgone.wav", etag="")["Records"]
+    body["Records"] += minio_body(inbox, "m%2Fa.wav", event="s3:ObjectCreated:PutTagging", etag="", size=0)["Records"]
+    jobs = intake.resolve_notification(body, s, storage)
+    assert isinstance(jobs, list)
+    assert [j.job_id for j in jobs] == [job_id_for_object(inbox, "m/a.wav", a.etag), job_id_for_object(inbox, "m/b b.wav", b.etag)]
+
+
+# --- the sweep and jobs enqueued by bucket events ------------------------------------------------------
+def test_sweep_skips_objects_the_fan_out_recorded(storage: Storage, sweep_settings: Settings) -> None:
+    s = sweep_settings
+    inbox = s.s3.inbox_bucket
+    info = storage.put_bytes(inbox, "ev/announced.wav", b"RIFF....WAVEfmt ev")
+    storage.put_bytes(inbox, "ev/not-announced.wav", b"RIFF....WAVEfmt other")
+    jobs = intake.resolve_notification(minio_body(inbox, "ev%2Fannounced.wav", etag=info.etag), s, storage)
+    assert isinstance(jobs, list)
+    assert intake.record_enqueued(s, storage, jobs) == 1  # what the fan-out does once the publishes are confirmed
+    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(str(jobs[0].job_id)))
+    assert marker is not None and marker["count"] == 0 and marker["via"] == "s3-event"
+
+    c = Collect()
+    report = intake.sweep(s, storage, c)
+    assert c.keys == ["ev/not-announced.wav"]
+    assert report.recent == 1 and report.enqueued == 1
+
+
+def test_sweep_re_enqueues_event_jobs_after_the_window(storage: Storage, fleet_settings: Callable[..., Settings]) -> None:
+    s = fleet_settings(with_engine=False, intake={"sweep_recent_s": 0})
+    info = storage.put_bytes(s.s3.inbox_bucket, "late.wav", b"RIFF late")
+    job = intake.job_for_object(s, s.s3.inbox_bucket, "late.wav", info.etag)
+    intake.record_enqueued(s, storage, job)
+    c = Collect()
+    report = intake.sweep(s, storage, c)
+    assert report.enqueued == 1 and c.keys == ["late.wav"]
+    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(str(job.job_id)))
+    assert marker is not None and marker["count"] == 1
+
+
+def test_record_enqueued_is_best_effort(own_s3_server: Any, sweep_settings: Settings) -> None:
+    s = sweep_settings
+    down = Storage(own_s3_server.settings())
+    own_s3_server.stop()  # a real outage: the marker write fails, the caller goes on
+    job = intake.job_for_object(s, s.s3.inbox_bucket, "x.wav", ETAG)
+    assert intake.record_enqueued(s, down, [job]) == 0  # logged, not raised
+
+
+def test_a_manifest_of_another_job_for_the_same_bytes_is_done(storage: Storage, sweep_settings: Settings) -> None:
+    """A manifest written under another job id (e.g. by an older fan-out) for the same bucket, key and
+    eTag counts as done: the sweep does not start the object again, so its results do not flip ids."""
+    s = sweep_settings
+    inbox = s.s3.inbox_bucket
+    info = storage.put_bytes(inbox, "done/other-id.wav", b"RIFF other id")
+    job = intake.job_for_object(s, inbox, "done/other-id.wav", info.etag)
+    out = job.output_location(s)
+    storage.put_json(out.bucket, manifest_key(out.key), {
+        "job_id": "s3-00000000000000000000000000000000", "outputs": [],
+        "input": {"bucket": inbox, "key": "done/other-id.wav", "etag": info.etag},
+    })  # fmt: skip
+    assert intake.is_done(s, storage, job)
+    report = intake.sweep(s, storage, Collect())
+    assert report.done == 1 and report.enqueued == 0
+    # new bytes under the key: not done
+    storage.put_bytes(inbox, "done/other-id.wav", b"RIFF replaced")
+    assert intake.sweep(s, storage, Collect()).enqueued == 1
+
+
+# --- a refused fan-out is retried, not dead-lettered (issue 16, phase 2) --------------------------------
+def _rabbitmqctl(*args: str) -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        pytest.skip("rabbitmqctl is not available to set a queue policy")
+    subprocess.run([exe, *args], check=True, capture_output=True, timeout=60)
+
+
+def _vhost(url: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url).path.lstrip("/")) or "/"
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: the consumer must retry a refused fan-out through the delay tiers")
+def test_a_refused_fan_out_is_retried_not_dead_lettered(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    """The jobs queue at its length limit (a max-length policy; the queue is x-overflow=reject-publish)
+    nacks the second job a notification fans out into. Right: the notification goes to a delay tier
+    (job.progress 'retrying', no job.failed, nothing dead-lettered) and, once there is room, both jobs
+    run; the job already published is idempotent."""
+    import re
+
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = fleet_settings(
+        with_engine=True,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 1.0, "retry_max_delay_s": 2.0,
+                  "retry_max_attempts": 4},
+    )  # fmt: skip
+    inbox = s.s3.inbox_bucket
+    wav = (audio_dir / "dialogue.wav").read_bytes()
+    infos = {k: storage.put_bytes(inbox, k, wav[: len(wav) - i * 1000]) for i, k in enumerate(["full/a.wav", "full/b.wav"])}
+    note = minio_body(inbox, quote_plus("full/a.wav"), etag=infos["full/a.wav"].etag)
+    note["Records"] += minio_body(inbox, quote_plus("full/b.wav"), etag=infos["full/b.wav"].etag)["Records"]
+    jobs = parse_notification(note, s)
+    assert isinstance(jobs, list) and len(jobs) == 2
+    vhost = _vhost(s.amqp.url.get_secret_value())
+    policy = f"{s.amqp.jobs_queue}-full"
+    broker = Broker(s)  # declares the topology
+    try:
+        broker.publish(note, message_id="note-full", routing_key=s.amqp.intake_routing_key)
+        # A quorum queue refuses a publish once it holds MORE than max-length ready messages (measured:
+        # limit 0 takes one, refuses the next). Once a consumer holds the notification, the first
+        # fanned-out job is taken and the second refused.
+        _rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "10", policy,
+                     f"^{re.escape(s.amqp.jobs_queue)}$", json.dumps({"max-length": 0}))  # fmt: skip
+        try:
+            with consumer_thread(s):
+                first = broker.wait_event(lambda e: e.subject == "note-full", timeout=120, what="the notification's outcome")
+                assert first.kind == "progress" and first.data.stage == "retrying", (first.kind, first.data.error)
+                assert first.data.error is not None and first.data.error.code == "broker_unavailable"
+                _rabbitmqctl("clear_policy", "-p", vhost, policy)
+                for job in jobs:
+                    final = broker.final(str(job.job_id), timeout=180)
+                    assert final.kind == "succeeded", final.data.error
+        finally:
+            _rabbitmqctl("clear_policy", "-p", vhost, policy)
+        assert not [e for e in broker.of("note-full") if e.kind == "failed"]
+        assert broker.count(s.amqp.dead_letter_queue) == 0
+    finally:
+        broker.close()
+
+
+# --- the metadata-events case with the real consumer ----------------------------------------------------
+def _publish_note(s: Settings, note: dict[str, Any], message_id: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(s.amqp.jobs_exchange, s.amqp.intake_routing_key, json.dumps(note).encode(),
+                         pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=message_id),
+                         mandatory=True)  # fmt: skip
+    finally:
+        conn.close()
+
+
+def _consumer_settings(fleet_settings: Callable[..., Settings], tmp_path: Any, **consumer: Any) -> Settings:
+    return fleet_settings(
+        with_engine=True,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 0.5, "retry_max_attempts": 2,
+                  "result_reuse": False, **consumer},
+    )  # fmt: skip
+
+
+def test_metadata_events_after_an_upload_start_nothing(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    """shared/cases/metadata-events: one upload, then tagging/retention/legal-hold records (one with an
+    empty eTag and size 0). Right: one transcription, one job.succeeded; the rest acked and ignored;
+    the manifest keeps its job id; a later sweep finds the object done."""
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "calls/2026-11-30/tagged.wav"
+    info = storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    job_id = job_id_for_object(inbox, key, info.etag)
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            _publish_note(s, case_event("1-event-put.json", inbox, etag=info.etag), "note-put")
+            assert broker.final(job_id).kind == "succeeded"
+            out = intake.job_for_object(s, inbox, key, info.etag).output_location(s)
+            before = storage.head(out.bucket, manifest_key(out.key))
+            notes = [case_event("2-event-put-tagging.json", inbox, etag=info.etag),
+                     case_event("6-event-put-tagging-no-etag.json", inbox)]  # fmt: skip
+            for event in ("DeleteTagging", "PutRetention", "PutLegalHold"):
+                note = case_event("2-event-put-tagging.json", inbox, etag=info.etag)
+                note["EventName"] = note["Records"][0]["eventName"] = f"s3:ObjectCreated:{event}"
+                notes.append(note)
+            for i, note in enumerate(notes):
+                _publish_note(s, note, f"note-meta-{i}")
+            # a job published after the notes finishes after them (one consumer, prefetch 1, FIFO)
+            broker.publish({"job_id": "after-notes", "audio": f"s3://{inbox}/{key}", "formats": ["txt"]}, message_id="after-notes")
+            assert broker.final("after-notes").kind == "succeeded"
+        finals = [e for e in broker.of(job_id) if e.final]
+        assert [e.kind for e in finals] == ["succeeded"]
+        assert {e.subject for e in broker.seen} == {job_id, "after-notes"}  # no other job, no event of a note
+        after = storage.head(out.bucket, manifest_key(out.key))
+        assert after.etag == before.etag  # the manifest was not rewritten
+        manifest = storage.get_json(out.bucket, manifest_key(out.key))
+        assert manifest is not None and manifest["job_id"] == job_id
+        assert broker.count(s.amqp.dead_letter_queue) == 0 and broker.count(s.amqp.jobs_queue) == 0
+    finally:
+        broker.close()
+    report = intake.sweep(s, storage, Collect())
+    assert report.done == 1 and report.enqueued == 0
+
+
+# --- phase 2: the consumer wiring (strict xfail until the handler calls the new functions) ---------------
+PHASE2 = "phase 2: consumer/handler.py wiring (see docs/drafts/intake-and-job-messages.md)"
+
+
+@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _fan_out calls intake.resolve_notification")
+def test_fan_out_looks_up_a_record_without_etag(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "noetag/upload.wav"
+    info = storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            _publish_note(s, minio_body(inbox, quote_plus(key, safe=""), etag="", size=0), "note-no-etag")
+            final = broker.final(job_id_for_object(inbox, key, info.etag), timeout=60)
+        assert final.kind == "succeeded"
+    finally:
+        broker.close()
+
+
+@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _fan_out calls intake.record_enqueued after the confirms")
+def test_fan_out_records_its_jobs_for_the_sweep(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "recorded/upload.wav"
+    info = storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    job_id = job_id_for_object(inbox, key, info.etag)
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            _publish_note(s, minio_body(inbox, quote_plus(key, safe=""), etag=info.etag), "note-recorded")
+            assert broker.final(job_id).kind == "succeeded"
+    finally:
+        broker.close()
+    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(job_id))
+    assert marker is not None and marker["via"] == "s3-event"
+
+
+@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _answer_from_manifest uses manifest.answers")
+def test_a_manifest_of_another_job_id_answers_and_does_not_flip(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
+) -> None:
+    """Two job ids for the same input bytes, engine, options and output prefix: the second is answered
+    from the first one's manifest (its own job id in the event, reused 'manifest'); the manifest keeps
+    the first id."""
+    from tests.test_consumer import Broker, consumer_thread
+
+    s = _consumer_settings(fleet_settings, tmp_path)
+    inbox, key = s.s3.inbox_bucket, "two-ids/call.wav"
+    storage.put_bytes(inbox, key, (audio_dir / "dialogue.wav").read_bytes(), content_type="audio/wav")
+    prefix = f"s3://{s.s3.results_bucket}/shared/two-ids"
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            for jid in ("first-id", "second-id"):
+                broker.publish({"job_id": jid, "audio": f"s3://{inbox}/{key}", "output": prefix, "formats": ["json"],
+                                "metadata": {"who": jid}}, message_id=jid)  # fmt: skip
+                assert broker.final(jid).kind == "succeeded"
+        second = next(e for e in broker.of("second-id") if e.final)
+        assert second.data.reused == "manifest" and second.data.metadata == {"who": "second-id"}
+        assert not [e for e in broker.of("second-id") if e.kind == "progress" and e.data.stage == "transcribed"]
+        manifest = storage.get_json(s.s3.results_bucket, "shared/two-ids/manifest.json")
+        assert manifest is not None and manifest["job_id"] == "first-id"
+    finally:
+        broker.close()

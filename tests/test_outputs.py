@@ -514,6 +514,9 @@ def test_write_file_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.M
         ("s3://bucket/a/b/talk.wav", "talk"),
         ("s3://bucket/a/b/my talk.final.mp3", "my_talk.final"),
         ("s3://bucket/key.m4a?versionId=7", "key"),
+        ("s3://bucket/calls/take#2 (final)?.wav", "take#2_(final)?"),  # literal key: # and ? are key characters
+        ("s3://bucket/q?x=1/a#b.wav", "a#b"),
+        ("https://host/path/rec.wav?sig=abc#t=1", "rec"),
         ("/abs/path/rec.flac", "rec"),
         ("rec", "rec"),
         ("C:\\audio\\win file.wav", "win_file"),

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(item.model_dump()))
         else:
             print(
-                f"{item.job_id or '-':40} {item.reason or '-':15} deaths={item.deaths} "
+                f"{item.job_id or '-':40} {item.reason or '-':15} error={item.last_error or '-'} deaths={item.deaths} "
                 f"attempt={item.attempt or 1} {item.audio or ''}"
             )
     if not args.json:

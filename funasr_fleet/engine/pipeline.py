@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from funasr_fleet.engine import hotwords
 from funasr_fleet.engine.audio import SAMPLE_RATE, DecodedAudio, check_length, decode
 from funasr_fleet.engine.threads import configure_threads
 from funasr_fleet.engine.transcript import (
@@ -202,8 +203,6 @@ class Engine:
 
     def _generate(self, samples: np.ndarray, options: TranscribeOptions) -> dict[str, Any]:
         cfg: dict[str, Any] = {"batch_size_s": self.settings.batch_size_s}
-        if options.hotwords:
-            cfg["hotword"] = " ".join(options.hotwords)
         if options.language:
             cfg["language"] = options.language
         diarize = options.diarize and self.diarization_available
@@ -216,7 +215,10 @@ class Engine:
         try:
             if not diarize:
                 model.spk_model = None  # this call only: skip embeddings and clustering entirely
-            results = model.generate(input=samples, **cfg)
+            with hotwords.as_file(options.hotwords) as hotword_file:
+                if hotword_file is not None:
+                    cfg["hotword"] = hotword_file  # never the words themselves: see engine/hotwords.py
+                results = model.generate(input=samples, **cfg)
         except FleetError:
             raise
         except Exception as exc:

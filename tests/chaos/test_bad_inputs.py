@@ -170,6 +170,14 @@ CASES: dict[str, tuple[Body, str, str]] = {
                             "schema_invalid", "s3-event"),  # fmt: skip
     "s3-event-bad-size": (lambda r, i: {"Records": [s3_record(r.inbox, "drop.wav", size=-5, eTag="abc")]},
                           "schema_invalid", "s3-event"),  # fmt: skip
+    "s3-event-bad-key-escape": (lambda r, i: {"Records": [s3_record(r.inbox, "drops%2F%FF%FE.wav", size=5, eTag="abc")]},
+                                "schema_invalid", "s3-event"),  # fmt: skip
+    # hotwords: the documented limits (engine/hotwords.py), refused before any work
+    "hotwords-too-many": (lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [f"w{n}" for n in range(201)]}),
+                          "schema_invalid", "job"),  # fmt: skip
+    "hotword-too-long": (lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": ["x" * 65]}), "schema_invalid", "job"),
+    "hotword-not-a-string": (lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [{"url": "http://10.0.0.1/"}]}),
+                             "schema_invalid", "job"),  # fmt: skip
 }
 
 
@@ -308,6 +316,143 @@ def test_duplicate_messages_of_one_job_give_identical_events(rig: Rig) -> None:
     first = harness.stable_data(succeeded[0])
     assert all(harness.stable_data(e) == first for e in succeeded[1:]), [e["data"] for e in succeeded]
     assert not harness.check_job_outputs(rig.storage, rig.settings, job_id)
+
+
+# --- issue 16: metadata-only records, records without an eTag, awkward keys, hotword URLs/paths --------
+PHASE2 = "phase 2: consumer/handler.py wiring (docs/drafts/intake-and-job-messages.md)"
+AWKWARD_KEYS = ["drops/take#2 (final)?.wav", "drops/100% + a+b.wav", "drops/q?x=1&y=%2F.wav", "会议/录音 一#1.wav",
+                "drops/émoji 🎙️ ;=@$!'.wav"]  # fmt: skip
+
+
+def _note(rig: Rig, key: str, event: str = "s3:ObjectCreated:Put", etag: str = "", size: int = 0) -> bytes:
+    from urllib.parse import quote_plus
+
+    record = s3_record(rig.inbox, quote_plus(key, safe=""), size=size, eTag=etag)
+    record["eventName"] = event
+    return json.dumps({"EventName": event, "Key": f"{rig.inbox}/{quote_plus(key, safe='')}", "Records": [record]}).encode()
+
+
+def _settle(rig: Rig, case: str) -> None:
+    """Good jobs as a barrier, then every queue empty: what was published before has been handled."""
+    run_case(rig, case, None, "job", None)
+
+    def quiet() -> bool:
+        return harness.queue_counts(rig.settings)[rig.settings.amqp.jobs_queue] == 0 and not any(
+            harness.unacked(rig.settings).values()
+        )
+
+    wait_for(quiet, timeout=60, interval=0.5, what="jobs queue drained")
+    rig.log.drain()
+
+
+def test_s3_metadata_only_records_start_nothing(rig: Rig) -> None:
+    """One upload announced, then MinIO's metadata records for it (tagging, retention, legal hold; one
+    with an empty eTag and size 0): one transcription, one job.succeeded, nothing else."""
+    from funasr_fleet.jobs import job_id_for_object
+
+    key = "drops/tagged.wav"
+    info = rig.storage.put_bytes(rig.inbox, key, rig.storage.get_bytes(rig.inbox, rig.good_key))
+    job_id = job_id_for_object(rig.inbox, key, info.etag)
+    rig.publisher.publish(_note(rig, key, etag=info.etag, size=info.size), message_id="note-upload",
+                          routing_key=rig.settings.amqp.intake_routing_key)  # fmt: skip
+    wait_for(lambda: (rig.log.drain() or True) and job_id in rig.log.finals(), timeout=120, what="the upload's job")
+    notes = []
+    for n, event in enumerate(["PutTagging", "DeleteTagging", "PutRetention", "PutLegalHold"]):
+        notes.append((f"note-meta-{n}", _note(rig, key, f"s3:ObjectCreated:{event}", info.etag, info.size)))
+    notes.append(("note-meta-no-etag", _note(rig, key, "s3:ObjectCreated:PutTagging")))
+    for mid, body in notes:
+        rig.publisher.publish(body, message_id=mid, routing_key=rig.settings.amqp.intake_routing_key)
+    _settle(rig, "s3-metadata-records")
+    assert [harness.kind_of(e) for e in rig.log.finals()[job_id]] == ["succeeded"]
+    assert len(rig.log.of(job_id, "started")) == 1  # one run
+    for mid, _ in notes:
+        assert not rig.log.of(mid) and not take_dead(rig, mid)
+
+
+def test_s3_record_without_etag_for_a_missing_object_is_ignored(rig: Rig) -> None:
+    rig.publisher.publish(_note(rig, "drops/never-there.wav"), message_id="note-no-etag-gone",
+                          routing_key=rig.settings.amqp.intake_routing_key)  # fmt: skip
+    _settle(rig, "s3-no-etag-gone")
+    assert not rig.log.of("note-no-etag-gone") and not take_dead(rig, "note-no-etag-gone")
+
+
+@pytest.mark.xfail(strict=True, reason=PHASE2 + ": the fan-out resolves records without an eTag (HEAD)")
+def test_s3_record_without_etag_gets_the_objects_identity(rig: Rig) -> None:
+    """An upload record with an empty eTag: the object's real eTag (HEAD) names the job: the same id an
+    event with the eTag, or the sweep, would give it; never a new one."""
+    from funasr_fleet.jobs import job_id_for_object
+
+    key = "drops/no-etag.wav"
+    info = rig.storage.put_bytes(rig.inbox, key, rig.storage.get_bytes(rig.inbox, rig.good_key)[:-4000])
+    job_id = job_id_for_object(rig.inbox, key, info.etag)
+    rig.publisher.publish(_note(rig, key), message_id="note-no-etag", routing_key=rig.settings.amqp.intake_routing_key)
+    _settle(rig, "s3-no-etag")
+    assert [harness.kind_of(e) for e in rig.log.finals().get(job_id, [])] == ["succeeded"]
+
+
+def test_awkward_keys_succeed_and_name_themselves(rig: Rig) -> None:
+    """Keys with #, ?, %, +, spaces and any UTF-8: as job URIs and as MinIO-encoded bucket events, they
+    are transcribed, and every URI in the events parses back to exactly the key."""
+    from funasr_fleet.jobs import job_id_for_object, parse_s3_uri
+
+    audio = rig.storage.get_bytes(rig.inbox, rig.good_key)
+    by_job: dict[str, str] = {}
+    for n, key in enumerate(AWKWARD_KEYS):
+        info = rig.storage.put_bytes(rig.inbox, key, audio)
+        jid = f"awkward-{n}-{uuid.uuid4().hex[:6]}"
+        rig.publisher.publish(harness.job_body(jid, rig.inbox, key), message_id=jid)
+        by_job[jid] = key
+        event_key = "ev/" + key
+        info = rig.storage.put_bytes(rig.inbox, event_key, audio)
+        rig.publisher.publish(_note(rig, event_key, etag=info.etag, size=info.size), message_id=f"note-{jid}",
+                              routing_key=rig.settings.amqp.intake_routing_key)  # fmt: skip
+        by_job[job_id_for_object(rig.inbox, event_key, info.etag)] = event_key
+    _settle(rig, "awkward-keys")
+    finals = rig.log.finals()
+    for jid, key in by_job.items():
+        events = finals.get(jid, [])
+        assert [harness.kind_of(e) for e in events] == ["succeeded"], (key, events)
+        data = events[0]["data"]
+        assert parse_s3_uri(data["input"]).key == key
+        for uri in data["outputs"]:
+            loc = parse_s3_uri(uri)
+            assert rig.storage.exists(loc.bucket, loc.key), uri
+
+
+def test_hotword_urls_and_paths_are_plain_words(rig: Rig) -> None:
+    """Hotwords naming a URL of a real HTTP server and an existing local .txt file: the job succeeds and
+    the server gets no request. (The suite's tiny ASR is not hotword-capable; tests/test_hotwords.py
+    proves the same on FunASR's SeACo parser.)"""
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sentinel = Path("/tmp") / f"hw-{uuid.uuid4().hex[:8]}.txt"  # short: a hotword is at most 64 characters
+    sentinel.write_text("SENTINEL\n")
+    try:
+        jid = f"hotwords-{uuid.uuid4().hex[:6]}"
+        words = [f"http://127.0.0.1:{server.server_address[1]}/x.txt", str(sentinel), "", "two words"]
+        rig.publisher.publish(harness.job_body(jid, rig.inbox, rig.good_key, options={"hotwords": words}), message_id=jid)
+        _settle(rig, "hotword-url-path")
+        events = rig.log.finals().get(jid, [])
+        assert [harness.kind_of(e) for e in events] == ["succeeded"], events
+        assert hits == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        sentinel.unlink(missing_ok=True)
 
 
 def test_queues_empty_after_the_suite(rig: Rig) -> None:
