@@ -1,9 +1,10 @@
 """The pause rule end to end: nothing (sentence, turn, SRT/VTT cue, RTTM segment) covers a silence
 longer than the VAD's end-of-speech silence, and talk time counts speech only.
 
-Through the real Engine (tiny models, FunASR's code path) and through ``funasr-fleet transcribe``.
-Inputs: the handed case (``$FLEET_CASES_DIR/long-pause/pause6s.wav``, default ``../shared/cases``;
-skipped when absent) and unseen variants built here (espeak-ng + sox, digital silences of known
+Through the real Engine (tiny models, FunASR's code path), through ``funasr-fleet transcribe`` and
+through a job on the real broker and S3. Inputs: the handed case
+(``$FLEET_CASES_DIR/long-pause/pause6s.wav``, default ``<repo>/../shared/cases``; used when present)
+and unseen variants built here (espeak-ng + sox, digital silences of known
 position): 1.5 s, 3 s, 6 s and 10 s pauses at other places, a pause inside one spoken sentence,
 and Mandarin speech. Token times of the tiny model reach up to ~0.2 s into a silence, so a span
 may touch a silence's edges by ``EDGE`` ms, never more.
@@ -16,14 +17,18 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from funasr_fleet.client import Client
 from funasr_fleet.devaudio import VOICES, missing_tools
 from funasr_fleet.engine.pipeline import Engine
 from funasr_fleet.engine.transcript import TranscribeOptions, Transcript
 from funasr_fleet.outputs import OutputMeta, render_bytes
+from funasr_fleet.settings import Settings
+from funasr_fleet.storage import Storage
 from tests.fixtures.audio import speech_with_pauses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,3 +174,28 @@ def test_transcribe_command_follows_the_pauses(
             assert sum(row["talk_ms"] for row in doc["speakers"]) == talk
         else:
             assert doc["speakers"] == [] and all(line.split()[7] == "SPEECH" for line in docs[3].splitlines())
+
+
+def test_a_job_on_the_real_broker_and_s3_follows_the_pauses(
+    fleet_settings: Callable[..., Settings], storage: Storage, pause_audio: dict, tmp_path: Path
+) -> None:
+    """The same rule through a consumer: job in over RabbitMQ, audio from and outputs to S3."""
+    from tests.test_consumer import consumer_thread
+
+    name = "case_pause6s" if "case_pause6s" in pause_audio else "six"
+    path, silences = pause_audio[name]
+    s = fleet_settings(with_engine=True, consumer={"heartbeat_file": str(tmp_path / "hb.json")})
+    storage.put_bytes(s.s3.inbox_bucket, f"pauses/{path.name}", path.read_bytes())
+    with consumer_thread(s), Client(s) as client:
+        job_id = client.submit(f"s3://{s.s3.inbox_bucket}/pauses/{path.name}", formats=["json", "srt", "vtt", "rttm"])
+        result = client.wait(job_id, 300)
+    assert result.ok, (result.error_code, result.error_message)
+    texts = {}
+    for uri in result.outputs[:-1]:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        texts[key.rsplit(".", 1)[1]] = storage.get_bytes(bucket, key).decode()
+    for kind, spans in spans_of_documents(texts["json"], texts["srt"], texts["vtt"], texts["rttm"]).items():
+        assert spans and covering(spans, silences) == [], (name, kind)
+    doc = json.loads(texts["json"])
+    speech = doc["audio"]["duration_ms"] - sum(b - a for a, b in silences)
+    assert 0.7 * speech <= sum(row["talk_ms"] for row in doc["speakers"]) <= speech + 2 * EDGE * len(silences)
