@@ -68,6 +68,7 @@ class JobResult:
     error_code: str | None = None
     error_message: str | None = None
     event: events.CloudEvent | None = None
+    warnings: list[events.WarningInfo] = field(default_factory=list)  # succeeded, but not exactly as asked
 
     @property
     def ok(self) -> bool:
@@ -359,7 +360,13 @@ class EventWatcher:
 def _result_from_event(event: events.CloudEvent) -> JobResult:
     data = event.data
     if event.kind == "succeeded":
-        return JobResult(job_id=event.subject, status="succeeded", outputs=list(data.outputs or []), event=event)
+        return JobResult(
+            job_id=event.subject,
+            status="succeeded",
+            outputs=list(data.outputs or []),
+            event=event,
+            warnings=list(data.warnings or []),
+        )
     if event.kind == "cancelled":
         return JobResult(
             job_id=event.subject,
@@ -619,4 +626,12 @@ def _from_manifest(settings: Settings, job_id: str, location: S3Location) -> Job
         return None
     if not manifest or manifest.get("job_id") != job_id:
         return None
-    return JobResult(job_id=job_id, status="succeeded", outputs=list(manifest.get("outputs") or []))
+    raw_warnings = (manifest.get("event") or {}).get("warnings") or []
+    try:
+        warnings = [events.WarningInfo.model_validate(w) for w in raw_warnings]
+    except ValidationError:
+        log.warning("the manifest's warnings are unreadable", job_id=job_id, warnings=repr(raw_warnings)[:500])
+        warnings = []
+    return JobResult(
+        job_id=job_id, status="succeeded", outputs=list(manifest.get("outputs") or []), warnings=warnings
+    )

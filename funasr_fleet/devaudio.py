@@ -36,11 +36,13 @@ def ffmpeg(*args: str) -> None:
     run_tool(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args])
 
 
-def _speak(text: str, voice: str, pitch: str, out: Path) -> None:
+def speak(text: str, voice: str, pitch: str, out: Path) -> Path:
+    """One line spoken by one espeak voice: 16 kHz mono 16-bit WAV at ``out``."""
     raw = out.with_suffix(".raw.wav")
     run_tool(["espeak-ng", "-v", voice, "-p", pitch, "-s", "190", "-w", str(raw), text])
     run_tool(["sox", "-R", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)])
     raw.unlink()
+    return out
 
 
 def silence(path: Path, seconds: float) -> Path:
@@ -57,7 +59,7 @@ def synth_dialogue(path: Path | str, lines: tuple[str, ...] = LINES, pause_s: fl
         for i, line in enumerate(lines):
             voice, pitch = VOICES[i % len(VOICES)]
             part = Path(tmp) / f"line{i:02d}.wav"
-            _speak(line, voice, pitch, part)
+            speak(line, voice, pitch, part)
             parts += [str(part), str(pause)]
         run_tool(["sox", "-R", "-D", *parts, str(path)])
     return path

@@ -45,6 +45,16 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class WarningInfo(BaseModel):
+    """One transcript warning (``code`` from ``engine.transcript.WarningCode``): the job succeeded,
+    but not exactly as asked; ``message`` says what was done instead."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
 class EventData(BaseModel):
     """The ``data`` of every job event; fields that do not apply to a kind are omitted."""
 
@@ -69,6 +79,9 @@ class EventData(BaseModel):
         None, description="manifest: redelivery of a finished job; content: transcript reused from identical audio."
     )
     error: ErrorInfo | None = None
+    warnings: list[WarningInfo] | None = Field(
+        None, description="succeeded: the transcript's warnings ([] when none), as in its JSON's ``warnings``."
+    )
 
 
 class CloudEvent(BaseModel):

@@ -11,9 +11,19 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from funasr_fleet.engine import hotwords
+from funasr_fleet.engine.transcript import TranscribeOptions
 from funasr_fleet.errors import (
     BadS3Uri,
     BucketNotAllowed,
@@ -101,7 +111,18 @@ def safe_prefix(prefix: str) -> str:
     return "/".join(segments)
 
 
+MAX_SPEAKERS = 32
+_ADDED_DEFAULTS: dict[str, Any] = {"min_speakers": None, "max_speakers": None, "channels": "auto"}
+"""Options added after the first release, with their defaults. A dump leaves them out while they
+hold these defaults, so the derived job id, ``options_hash`` and the result-reuse key of a body
+written before they existed do not change (changing those would re-run every such job)."""
+
+
 class JobOptions(BaseModel):
+    """How to transcribe. ``num_speakers`` (exact) and ``min_speakers``/``max_speakers`` (an
+    inclusive range) are exclusive; ``channels``: ``auto`` | ``mix`` | ``split`` (see
+    ``engine.transcript.ChannelMode``)."""
+
     model_config = ConfigDict(extra="forbid")
 
     hotwords: list[str] = Field(
@@ -111,8 +132,43 @@ class JobOptions(BaseModel):
         "duplicates dropped). Each entry is one hotword, never a URL or file to fetch.",
     )
     diarize: bool = True
-    num_speakers: int | None = Field(None, ge=1, le=32)
+    num_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     language: str | None = Field(None, max_length=16)
+    min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    channels: Literal["auto", "mix", "split"] = "auto"
+
+    @model_validator(mode="after")
+    def _speaker_counts(self) -> JobOptions:
+        ranged = self.min_speakers is not None or self.max_speakers is not None
+        if self.num_speakers is not None and ranged:
+            raise ValueError(
+                "num_speakers (an exact count) cannot be combined with min_speakers/max_speakers (a range); "
+                "send one or the other"
+            )
+        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
+            raise ValueError(f"min_speakers ({self.min_speakers}) is greater than max_speakers ({self.max_speakers})")
+        return self
+
+    def transcribe_options(self) -> TranscribeOptions:
+        """The engine's options for this job."""
+        return TranscribeOptions(
+            hotwords=tuple(self.hotwords),
+            diarize=self.diarize,
+            num_speakers=self.num_speakers,
+            language=self.language,
+            min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers,
+            channels=self.channels,
+        )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name, default in _ADDED_DEFAULTS.items():
+            if name in data and data[name] == default:
+                del data[name]
+        return data
 
     @field_validator("hotwords", mode="before")
     @classmethod
@@ -242,7 +298,7 @@ def validate_job(data: dict[str, Any], settings: Settings | None = None) -> JobR
     try:
         job = JobRequest.model_validate(data)
     except ValidationError as exc:
-        raise SchemaInvalid(_describe(exc)) from None
+        raise SchemaInvalid(describe_errors(exc)) from None
     if settings is not None:
         check_allowed(job, settings)
     return job
@@ -263,11 +319,13 @@ def check_allowed(job: JobRequest, settings: Settings) -> None:
         raise BucketNotAllowed(f"output bucket {job.output.bucket!r} is not in the allow-list")
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError, root: str = "(body)") -> str:
+    """A pydantic ValidationError as one line naming each wrong field (``options.min_speakers: ...``);
+    an error of the whole model is named ``root``."""
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"]) or root
+        parts.append(f"{loc}: {str(err['msg']).removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 

@@ -22,11 +22,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from funasr_fleet.engine.transcript import (
+    ChannelUse,
     ModelIdentity,
     Sentence,
     Token,
     TranscribeOptions,
     Transcript,
+    TranscriptWarning,
     Turn,
     speaker_label,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "render",
     "render_bytes",
     "rttm_file_id",
+    "speaker_channel",
     "write_file",
 ]
 
@@ -137,6 +140,17 @@ def _sorted_keys(value: Any) -> Any:
     return value
 
 
+def speaker_channel(transcript: Transcript, speaker: int | None) -> int | None:
+    """0-based source channel a speaker came from (channels split), else None."""
+    if speaker is None or not transcript.speaker_channels:
+        return None
+    try:
+        index = transcript.speakers.index(speaker)
+    except ValueError:
+        return None
+    return transcript.speaker_channels[index] if index < len(transcript.speaker_channels) else None
+
+
 def _speaker_rows(transcript: Transcript) -> list[dict[str, Any]]:
     talk: dict[int, int] = {}
     sentences: dict[int, int] = {}
@@ -156,6 +170,7 @@ def _speaker_rows(transcript: Transcript) -> list[dict[str, Any]]:
             "talk_ms": talk.get(spk, 0),
             "turn_count": turns.get(spk, 0),
             "sentence_count": sentences.get(spk, 0),
+            "channel": speaker_channel(transcript, spk),
         }
         for spk in transcript.speakers
     ]
@@ -200,6 +215,10 @@ def _json_array(name: str, rows: Iterable[str], last: bool) -> Iterator[str]:
     yield from _batched(lines())
 
 
+def _channel_use_row(use: ChannelUse | None) -> dict[str, Any] | None:
+    return None if use is None else {"mode": use.mode, "channels": list(use.channels)}
+
+
 def _render_json(transcript: Transcript, meta: OutputMeta) -> Iterator[str]:
     m: ModelIdentity = transcript.model
     o: TranscribeOptions = transcript.options
@@ -210,6 +229,7 @@ def _render_json(transcript: Transcript, meta: OutputMeta) -> Iterator[str]:
             "source": meta.source,
             "duration_ms": transcript.duration_ms,
             "media": _sorted_keys(meta.audio) if meta.audio is not None else None,
+            "channel_use": _channel_use_row(transcript.channel_use),
         },
         "language": transcript.language,
         "model": {
@@ -226,12 +246,16 @@ def _render_json(transcript: Transcript, meta: OutputMeta) -> Iterator[str]:
             "diarize": o.diarize,
             "num_speakers": o.num_speakers,
             "language": o.language,
+            "min_speakers": o.min_speakers,
+            "max_speakers": o.max_speakers,
+            "channels": o.channels,
         },
         "processing": {
             "wall_s": _finite(transcript.wall_s),
             "decode_s": _finite(transcript.decode_s),
             "real_time_factor": _finite(round(transcript.real_time_factor, 6)),
         },
+        "warnings": [{"code": w.code, "message": w.message} for w in transcript.warnings],
     }
     yield "{\n" + "".join(f'  "{key}": {_dump(value)},\n' for key, value in header.items())
     yield from _json_array("speakers", (_dump(r) for r in _speaker_rows(transcript)), last=False)
@@ -268,11 +292,26 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else _str(value)
 
 
+def _choice(value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"expected one of {allowed}, got {value!r}")
+    return str(value)
+
+
+def _parse_channel_use(value: Any) -> ChannelUse | None:
+    if value is None:
+        return None
+    mode = _choice(value["mode"], ("mix", "split", "single"))
+    return ChannelUse(mode=mode, channels=tuple(_int(c) for c in value["channels"]))  # type: ignore[arg-type]
+
+
 def parse_json(data: bytes) -> tuple[Transcript, OutputMeta]:
     """The JSON writer's exact inverse: render(parse_json(render_bytes(...))) is byte-identical.
 
     Raises TranscriptParseError for anything that is not a ``funasr-fleet.transcript/1`` document
-    (a reuse cache treats that as a miss and transcribes again).
+    (a reuse cache treats that as a miss and transcribes again). Documents written before channels,
+    speaker ranges and warnings existed read with those at their defaults: no warnings,
+    ``channel_use`` None (not recorded), no speaker channels, ``channels`` ``"auto"``.
     """
     try:
         doc = json.loads(data)
@@ -308,6 +347,7 @@ def parse_json(data: bytes) -> tuple[Transcript, OutputMeta]:
             )
             for t in doc["turns"]
         )
+        channels = tuple(_opt_int(s.get("channel")) for s in doc["speakers"])
         transcript = Transcript(
             sentences=sentences,
             turns=turns,
@@ -319,10 +359,16 @@ def parse_json(data: bytes) -> tuple[Transcript, OutputMeta]:
                 diarize=bool(opts["diarize"]),
                 num_speakers=_opt_int(opts["num_speakers"]),
                 language=_opt_str(opts["language"]),
+                min_speakers=_opt_int(opts.get("min_speakers")),
+                max_speakers=_opt_int(opts.get("max_speakers")),
+                channels=_choice(opts.get("channels", "auto"), ("auto", "mix", "split")),  # type: ignore[arg-type]
             ),
             language=_opt_str(doc["language"]),
             wall_s=_opt_float(proc["wall_s"]),
             decode_s=_opt_float(proc["decode_s"]),
+            warnings=tuple(TranscriptWarning(_str(w["code"]), _str(w["message"])) for w in doc.get("warnings", [])),
+            channel_use=_parse_channel_use(audio.get("channel_use")),
+            speaker_channels=channels if any(c is not None for c in channels) else (),
         )
         meta = OutputMeta(source=_str(audio["source"]), job_id=_opt_str(doc["job_id"]), audio=media)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -391,6 +437,8 @@ def _render_txt(transcript: Transcript, meta: OutputMeta) -> Iterator[str]:
 
 def _render_rttm(transcript: Transcript, meta: OutputMeta) -> Iterator[str]:
     file_id = rttm_file_id(meta.source)
+    # RTTM channels count from 1; a mixed (or unrecorded) source is channel 1
+    channels = {spk: ch + 1 for spk in transcript.speakers if (ch := speaker_channel(transcript, spk)) is not None}
 
     def lines() -> Iterator[str]:
         for s in transcript.sentences:
@@ -398,7 +446,8 @@ def _render_rttm(transcript: Transcript, meta: OutputMeta) -> Iterator[str]:
             if end <= start:
                 continue
             spk = RTTM_NO_SPEAKER if s.speaker is None else speaker_label(s.speaker)
-            yield f"SPEAKER {file_id} 1 {_seconds(start)} {_seconds(end - start)} <NA> <NA> {spk} <NA> <NA>\n"
+            channel = 1 if s.speaker is None else channels.get(s.speaker, 1)
+            yield f"SPEAKER {file_id} {channel} {_seconds(start)} {_seconds(end - start)} <NA> <NA> {spk} <NA> <NA>\n"
 
     yield from _batched(lines())
 

@@ -76,11 +76,13 @@ class StandIn:
         outcome = self.outcome(job)
         if outcome == "silent":
             return
-        if outcome == "succeeded":
+        if outcome in ("succeeded", "warned"):
             out = job.output_location(self.settings)
             uris = [f"s3://{out.bucket}/{out.key}/transcript.{f}" for f in job.effective_formats(self.settings)]
             uris.append(f"s3://{out.bucket}/{out.key}/{MANIFEST_NAME}")
-            data = events.EventData(job_id=job_id, status="succeeded", metadata=meta, outputs=uris)
+            warnings = [events.WarningInfo(code="speaker_count_not_met", message="asked for 2-3; found 1")]
+            data = events.EventData(job_id=job_id, status="succeeded", metadata=meta, outputs=uris,
+                                    warnings=warnings if outcome == "warned" else [])  # fmt: skip
             send(events.succeeded(data, SOURCE), reply=True)
         else:
             send(events.failed(job_id, SOURCE, code=outcome, message="stand-in says no", attempt=1, metadata=meta), reply=True)
@@ -262,6 +264,20 @@ def run_cli(settings: Settings, *args: str, timeout: float = 180) -> subprocess.
         text=True,
         timeout=timeout,
     )
+
+
+def test_cli_submit_passes_job_options_and_prints_warnings(settings: Settings, stand_in: Callable[..., StandIn]) -> None:
+    worker = stand_in(lambda job: "warned")
+    proc = run_cli(settings, "submit", "s3://calls/2026/b.wav", "--wait", "--no-progress", "--timeout", "60",
+                   "--channels", "split", "--min-speakers", "2", "--max-speakers", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]  # a warning is not a failure
+    assert "warning speaker_count_not_met: asked for 2-3; found 1" in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].endswith(MANIFEST_NAME)  # stdout contract unchanged
+    options = worker.received[0][1].options
+    assert (options.channels, options.min_speakers, options.max_speakers, options.num_speakers) == ("split", 2, 3, None)
+    bad = run_cli(settings, "submit", "s3://calls/2026/b.wav", "--num-speakers", "2", "--max-speakers", "3")
+    assert bad.returncode == 1 and bad.stdout.strip() == "failed schema_invalid" and "num_speakers" in bad.stderr
+    assert len(worker.received) == 1  # the invalid request was never published
 
 
 def test_cli_submit_wait_upload_and_failure_with_the_real_consumer(

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from funasr_fleet.engine.audio import decode
-from funasr_fleet.engine.pipeline import Engine, directory_digest, merge_turns, resolve_model_ref
-from funasr_fleet.engine.transcript import Sentence, TranscribeOptions, Transcript
+from funasr_fleet.engine.pipeline import Engine, directory_digest, resolve_model_ref
+from funasr_fleet.engine.transcript import TranscribeOptions, Transcript
 from funasr_fleet.errors import AudioTooShort, EmptyAudio, ModelLoadError, NoAudioStream, UndecodableAudio
 from funasr_fleet.settings import EngineSettings
 
@@ -234,33 +234,6 @@ def test_speaker_without_punctuation_uses_vad_segments(engine_settings: EngineSe
     t = e.transcribe(audio_dir / "dialogue.wav")
     assert t.sentences
     assert_well_formed(t, diarized=True)
-
-
-def test_turns_merge_one_speaker_while_the_gap_is_short() -> None:
-    s = (
-        Sentence(0, 1000, "a", 0),
-        Sentence(1500, 2000, "b", 0),
-        Sentence(6000, 7000, "c", 0),  # gap 4 s >= 3 s: new turn
-        Sentence(7100, 8000, "d", 1),
-        Sentence(8100, 9000, "e", 0),
-    )
-    turns = merge_turns(s, gap_ms=3000)
-    assert [(t.speaker, t.start_ms, t.end_ms, t.text, t.first_sentence, t.last_sentence) for t in turns] == [
-        (0, 0, 2000, "a b", 0, 1),
-        (0, 6000, 7000, "c", 2, 2),
-        (1, 7100, 8000, "d", 3, 3),
-        (0, 8100, 9000, "e", 4, 4),
-    ]
-    cjk = merge_turns((Sentence(0, 10, "你好。", 0), Sentence(20, 30, "再见。", 0)), gap_ms=3000)
-    assert cjk[0].text == "你好。再见。"
-
-
-def test_noise_label_is_not_a_speaker() -> None:
-    from funasr_fleet.engine.pipeline import _absorb_noise_label, _relabel_speakers
-
-    s = [Sentence(0, 1, "a", -1), Sentence(2, 3, "b", 4), Sentence(4, 5, "c", -1), Sentence(6, 7, "d", 2)]
-    fixed = _relabel_speakers(_absorb_noise_label(s))
-    assert [x.speaker for x in fixed] == [0, 0, 0, 1]
 
 
 def test_warmup_does_not_bind_the_thread(engine_settings: EngineSettings, audio_dir: Path) -> None:

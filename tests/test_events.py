@@ -38,3 +38,18 @@ def test_ids_are_unique() -> None:
     data = events.EventData(job_id="j", status="succeeded", outputs=["s3://b/k"])
     a, b = events.succeeded(data, "/s"), events.succeeded(data, "/s")
     assert a.id != b.id and a.data == b.data
+
+
+def test_succeeded_event_carries_warnings() -> None:
+    warning = events.WarningInfo(code="speaker_count_not_met", message="asked for 2 speakers; found 1")
+    data = events.EventData(job_id="j", status="succeeded", outputs=["s3://b/k"], warnings=[warning])
+    body = json.loads(events.encode(events.succeeded(data, "/s")))
+    assert body["data"]["warnings"] == [{"code": "speaker_count_not_met", "message": "asked for 2 speakers; found 1"}]
+    assert events.parse(json.dumps(body)).data.warnings == [warning]
+    none = events.EventData(job_id="j", status="succeeded", warnings=[])
+    assert json.loads(events.encode(events.succeeded(none, "/s")))["data"]["warnings"] == []  # said: no warnings
+    started = json.loads(events.encode(events.started("j", "/s", attempt=1, metadata={}, input_uri=None)))
+    assert "warnings" not in started["data"]
+    old = {"specversion": "1.0", "type": "io.funasr-fleet.job.succeeded", "source": "/s", "id": "1", "time": "t",
+           "subject": "j", "data": {"job_id": "j", "status": "succeeded"}}  # fmt: skip
+    assert events.parse(old).data.warnings is None  # events from before warnings still parse

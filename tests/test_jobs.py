@@ -136,6 +136,14 @@ def test_not_an_object(payload: bytes) -> None:
         (body(delete_source="maybe"), "delete_source"),
         (body(schema_version="one"), "schema_version"),
         (b'{"audio": "s3://fleet-audio/a.wav", "options": {"num_speakers": NaN}}', "options.num_speakers"),
+        (body(options={"min_speakers": 0}), "options.min_speakers"),
+        (body(options={"max_speakers": 33}), "options.max_speakers"),
+        (body(options={"min_speakers": "two"}), "options.min_speakers"),
+        (body(options={"channels": "stereo"}), "options.channels"),
+        (body(options={"channels": None}), "options.channels"),
+        (body(options={"num_speakers": 2, "min_speakers": 1}), "cannot be combined with min_speakers/max_speakers"),
+        (body(options={"num_speakers": 2, "max_speakers": 3}), "num_speakers (an exact count)"),
+        (body(options={"min_speakers": 4, "max_speakers": 3}), "min_speakers (4) is greater than max_speakers (3)"),
     ],
 )
 def test_schema_invalid(payload: bytes, where: str) -> None:
@@ -273,6 +281,35 @@ def test_derived_id_is_stable_across_runs_and_versions() -> None:
     assert job.job_id == derived_job_id(job) == "j-bfbb7f4edd852e10c364c9ef1a605d1c"
 
 
+def test_options_added_later_do_not_change_ids_or_hashes_at_their_defaults() -> None:
+    """channels / min_speakers / max_speakers came after the first release: a body without them
+    keeps its derived id, options_hash and result-reuse key (else every such job would re-run)."""
+    from funasr_fleet.manifest import options_hash
+
+    spelled = parse_job(body(options={"channels": "auto", "min_speakers": None, "max_speakers": None}))
+    assert spelled.job_id == parse_job(body()).job_id
+    dump = parse_job(body()).options.model_dump(mode="json")
+    assert dump == {"hotwords": [], "diarize": True, "num_speakers": None, "language": None}
+    assert options_hash(dump, ["json"]) == "359698f48b64da8a0a26a6d8f7aa9f30"  # the value before these options
+    split = parse_job(body(options={"channels": "split", "min_speakers": 2, "max_speakers": 4}))
+    assert split.options.model_dump(mode="json") == {**dump, "channels": "split", "min_speakers": 2, "max_speakers": 4}
+    assert parse_job(split.to_body()) == split
+
+
+def test_options_map_to_the_engine() -> None:
+    from funasr_fleet.engine.transcript import TranscribeOptions
+
+    job = parse_job(body(options={"hotwords": ["FunASR"], "diarize": False, "language": "zh", "min_speakers": 2,
+                                  "max_speakers": 5, "channels": "split"}))  # fmt: skip
+    assert job.options.transcribe_options() == TranscribeOptions(
+        hotwords=("FunASR",), diarize=False, language="zh", min_speakers=2, max_speakers=5, channels="split"
+    )
+    assert parse_job(body()).options.transcribe_options() == TranscribeOptions()
+    assert parse_job(body(options={"num_speakers": 3})).options.transcribe_options().num_speakers == 3
+    exact = parse_job(body(options={"min_speakers": 2, "max_speakers": 2})).options  # a range of one is fine
+    assert (exact.min_speakers, exact.max_speakers) == (2, 2)
+
+
 def test_derived_id_ignores_key_order_metadata_and_format_spelling() -> None:
     a = parse_job(b'{"audio": "s3://fleet-audio/a.wav", "formats": ["srt", "json"], "metadata": {"x": 1}}')
     b = parse_job(b'{"formats": ["SRT", " json"], "audio": {"bucket": "fleet-audio", "key": "a.wav"}}')
@@ -288,6 +325,10 @@ def test_derived_id_ignores_key_order_metadata_and_format_spelling() -> None:
         {"formats": ["json", "srt"]},
         {"options": {"diarize": False}},
         {"options": {"hotwords": ["x"]}},
+        {"options": {"channels": "split"}},
+        {"options": {"channels": "mix"}},
+        {"options": {"min_speakers": 2}},
+        {"options": {"max_speakers": 3}},
         {"output": "s3://fleet-results/p"},
         {"delete_source": True},
     ],

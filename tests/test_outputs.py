@@ -23,12 +23,15 @@ import pytest
 
 from funasr_fleet import outputs
 from funasr_fleet.engine.transcript import (
+    ChannelUse,
     ModelIdentity,
     Sentence,
     Token,
     TranscribeOptions,
     Transcript,
+    TranscriptWarning,
     Turn,
+    WarningCode,
 )
 from funasr_fleet.errors import UnsupportedFormat
 from funasr_fleet.outputs import FORMATS, OutputMeta, parse_json, render, render_bytes, write_file
@@ -146,13 +149,54 @@ def case_escaping() -> tuple[Transcript, OutputMeta]:
     return t, OutputMeta(source="s3://b/k/odd name\twith tab.mp3?versionId=3", job_id="j-esc")
 
 
+def case_split_channels() -> tuple[Transcript, OutputMeta]:
+    """A stereo call split by channel (agent left, caller right), a speaker range, one warning."""
+    rows = [(0, 0, 500, 2_100, "Thank you for calling."), (1, 1, 2_300, 3_900, "Hi, my card is blocked."),
+            (0, 0, 3_800, 5_000, "Let me check that."), (2, 1, 6_200, 7_000, "Okay.")]  # fmt: skip
+    sentences = tuple(Sentence(s, e, text, spk) for spk, _, s, e, text in rows)
+    turns = tuple(Turn(spk, s, e, text, i, i) for i, (spk, _, s, e, text) in enumerate(rows))
+    warning = TranscriptWarning(WarningCode.SPEAKER_COUNT_NOT_MET.value, "asked for 4-6 speakers; found 3")
+    t = Transcript(
+        sentences,
+        turns,
+        (0, 1, 2),
+        7_500,
+        MODEL,
+        options=TranscribeOptions(min_speakers=4, max_speakers=6, channels="split"),
+        language="en",
+        wall_s=0.25,
+        decode_s=0.01,
+        warnings=(warning,),
+        channel_use=ChannelUse("split", (0, 1)),
+        speaker_channels=(0, 1, 1),
+    )
+    return t, OutputMeta(source="s3://calls/2026/ticket-77.wav", job_id="j-call-77", audio={"channels": 2})
+
+
+def case_cancelled_mix() -> tuple[Transcript, OutputMeta]:
+    """Stereo whose channels cancel when averaged: one channel used instead, and the warning says so."""
+    sentences = (Sentence(300, 1_800, "Is this thing on?", 0), Sentence(2_000, 2_900, "Yes.", 1))
+    turns = (Turn(0, 300, 1_800, "Is this thing on?", 0, 0), Turn(1, 2_000, 2_900, "Yes.", 1, 1))
+    warnings = (
+        TranscriptWarning(WarningCode.CHANNELS_CANCELLED.value, "the channels cancel when mixed; channel 0 used alone"),
+        TranscriptWarning(WarningCode.CHANNEL_SILENT.value, "channel 2 holds no signal"),
+    )
+    t = Transcript(sentences, turns, (0, 1), 3_000, MODEL, options=TranscribeOptions(channels="mix"),
+                   warnings=warnings, channel_use=ChannelUse("single", (0,)))  # fmt: skip
+    return t, OutputMeta(source="/data/phase.wav", job_id="j-phase", audio={"channels": 3})
+
+
 CASES: dict[str, Callable[[], tuple[Transcript, OutputMeta]]] = {
     "cjk_diarized": case_cjk_diarized,
     "empty": case_empty,
     "hour_boundaries": case_hour_boundaries,
     "no_diarization": case_no_diarization,
     "escaping": case_escaping,
+    "split_channels": case_split_channels,
+    "cancelled_mix": case_cancelled_mix,
 }
+LEGACY = GOLDEN / "before-channels"
+"""JSON golden files as written before warnings, channels and speaker ranges: still read."""
 
 
 # --- the 45-minute transcript ------------------------------------------------------------------
@@ -280,10 +324,13 @@ def test_json_is_deterministic_and_readable() -> None:
     text = data.decode("utf-8")
     assert "大家好" in text and "\\u" not in text  # ensure_ascii=False
     doc = json.loads(data)
-    assert list(doc) == ["schema", "job_id", "audio", "language", "model", "options", "processing", "speakers", "turns", "sentences"]
+    assert list(doc) == ["schema", "job_id", "audio", "language", "model", "options", "processing", "warnings",
+                         "speakers", "turns", "sentences"]  # fmt: skip
     assert doc["schema"] == "funasr-fleet.transcript/1"
     assert list(doc["audio"]["media"]) == sorted(doc["audio"]["media"])
-    assert doc["speakers"][1] == {"id": 1, "label": "SPEAKER_01", "talk_ms": 2_450 + 3_245, "turn_count": 2, "sentence_count": 2}
+    assert doc["speakers"][1] == {"id": 1, "label": "SPEAKER_01", "talk_ms": 2_450 + 3_245, "turn_count": 2,
+                                  "sentence_count": 2, "channel": None}  # fmt: skip
+    assert doc["warnings"] == [] and doc["audio"]["channel_use"] is None
     assert doc["processing"] == {"wall_s": 1.8125, "decode_s": 0.0625, "real_time_factor": round(1.8125 / 13, 6)}
     assert doc["sentences"][0]["tokens"][0] == ["大", 1_200, 1_369]
 
@@ -409,6 +456,67 @@ def test_no_diarization_specifics() -> None:
     assert json.loads(render_bytes("json", transcript, meta))["speakers"] == []
 
 
+def test_split_channels_specifics(schema_validator: jsonschema.Draft202012Validator) -> None:
+    transcript, meta = case_split_channels()
+    doc = json.loads(render_bytes("json", transcript, meta))
+    schema_validator.validate(doc)
+    assert doc["audio"]["channel_use"] == {"mode": "split", "channels": [0, 1]}
+    assert [(s["id"], s["channel"]) for s in doc["speakers"]] == [(0, 0), (1, 1), (2, 1)]
+    assert doc["warnings"] == [{"code": "speaker_count_not_met", "message": "asked for 4-6 speakers; found 3"}]
+    assert doc["options"] == {"hotwords": [], "diarize": True, "num_speakers": None, "language": None,
+                              "min_speakers": 4, "max_speakers": 6, "channels": "split"}  # fmt: skip
+    rttm = render_bytes("rttm", transcript, meta).decode().splitlines()
+    assert [line.split()[2] for line in rttm] == ["1", "2", "1", "2"]  # 1-based: speaker 2 spoke on channel 1
+    # subtitles and text know nothing of channels or warnings
+    assert render_bytes("srt", transcript, meta).decode().startswith("1\n00:00:00,500 --> 00:00:02,100\nSPEAKER_00: ")
+    assert "warning" not in render_bytes("txt", transcript, meta).decode().lower()
+
+
+def test_mixed_or_unrecorded_channels_are_rttm_channel_1() -> None:
+    for case in (case_cancelled_mix, case_cjk_diarized, case_no_diarization):
+        transcript, meta = case()
+        assert {line.split()[2] for line in render_bytes("rttm", transcript, meta).decode().splitlines()} == {"1"}
+        assert all(row["channel"] is None for row in json.loads(render_bytes("json", transcript, meta))["speakers"])
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in LEGACY.glob("*.json")))
+def test_documents_from_before_channels_still_read(
+    case: str, schema_validator: jsonschema.Draft202012Validator
+) -> None:
+    """Old documents validate, parse to the same transcript (new fields at their defaults), and
+    re-render as today's document: only the new fields are added."""
+    old = (LEGACY / f"{case}.json").read_bytes()
+    schema_validator.validate(json.loads(old))
+    parsed, parsed_meta = parse_json(old)
+    transcript, meta = CASES[case]()
+    assert (parsed, parsed_meta) == (transcript, meta)
+    assert parsed.warnings == () and parsed.channel_use is None and parsed.speaker_channels == ()
+    assert parsed.options.channels == "auto" and parsed.options.min_speakers is parsed.options.max_speakers is None
+    new = json.loads(render_bytes("json", parsed, parsed_meta))
+    assert new["warnings"] == [] and new["audio"].pop("channel_use") is None
+    for row in new["speakers"]:
+        assert row.pop("channel") is None
+    assert {k: new["options"].pop(k) for k in ("min_speakers", "max_speakers", "channels")} == {
+        "min_speakers": None, "max_speakers": None, "channels": "auto"}  # fmt: skip
+    del new["warnings"]
+    assert new == json.loads(old)
+    for fmt in ("srt", "vtt", "txt", "rttm"):  # the other formats of an old document are unchanged
+        assert render_bytes(fmt, parsed, parsed_meta) == (GOLDEN / f"{case}.{fmt}").read_bytes()
+
+
+def test_parse_json_rejects_bad_new_fields() -> None:
+    transcript, meta = case_split_channels()
+    for path, value in ((("options", "channels"), "stereo"), (("audio", "channel_use"), {"mode": "x", "channels": []}),
+                        (("warnings",), [{"code": 1, "message": "m"}])):  # fmt: skip
+        doc = json.loads(render_bytes("json", transcript, meta))
+        target = doc
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        with pytest.raises(outputs.TranscriptParseError):
+            parse_json(json.dumps(doc).encode())
+
+
 def test_txt_falls_back_to_sentences_without_turns() -> None:
     transcript, meta = case_no_diarization()
     txt = render_bytes("txt", replace(transcript, turns=()), meta).decode()
@@ -421,7 +529,7 @@ def test_rttm_structure(case: str) -> None:
     for line in render_bytes("rttm", transcript, meta).decode().splitlines():
         fields = line.split(" ")
         assert len(fields) == 10
-        assert fields[0] == "SPEAKER" and fields[2] == "1"
+        assert fields[0] == "SPEAKER" and re.fullmatch(r"[1-9][0-9]*", fields[2])  # 1-based channel
         assert fields[5:7] == ["<NA>", "<NA>"] and fields[8:] == ["<NA>", "<NA>"]
         assert re.fullmatch(r"\d+\.\d{3}", fields[3]) and re.fullmatch(r"\d+\.\d{3}", fields[4])
         assert float(fields[4]) > 0

@@ -101,3 +101,58 @@ def test_dev_needs_an_action() -> None:
 def test_help_is_light(cmd: list[str]) -> None:
     proc = fleet(*cmd, timeout=60)
     assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_speaker_range_and_channels_options(engine_env: dict[str, str], audio_dir: Path, tmp_path: Path) -> None:
+    proc = fleet("transcribe", str(audio_dir / "stereo44k.wav"), "-o", str(tmp_path), "-f", "json",
+                 "--channels", "mix", "--min-speakers", "1", "--max-speakers", "3", env=engine_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "stereo44k.json").read_text())
+    assert doc["options"]["channels"] == "mix"
+    assert (doc["options"]["min_speakers"], doc["options"]["max_speakers"], doc["options"]["num_speakers"]) == (1, 3, None)
+    assert isinstance(doc["warnings"], list) and all(row["channel"] is None for row in doc["speakers"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-speakers", "2", "--min-speakers", "1"], "cannot be combined with min_speakers/max_speakers"),
+        (["--min-speakers", "3", "--max-speakers", "2"], "min_speakers (3) is greater than max_speakers (2)"),
+        (["--max-speakers", "33"], "max_speakers: Input should be less than or equal to 32"),
+        (["--num-speakers", "0"], "num_speakers: Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_speaker_options_exit_2_before_loading(args: list[str], message: str, audio_dir: Path) -> None:
+    proc = fleet("transcribe", str(audio_dir / "dialogue.wav"), *args, env={"FLEET_ENGINE__MODEL": "/nonexistent"})
+    assert proc.returncode == 2 and message in proc.stderr  # 2, not 3: the model was never loaded
+
+
+def test_bad_channels_choice_is_a_usage_error(audio_dir: Path) -> None:
+    proc = fleet("transcribe", str(audio_dir / "dialogue.wav"), "--channels", "stereo")
+    assert proc.returncode == 2 and "--channels" in proc.stderr
+
+
+def test_warnings_go_to_stderr_and_are_not_a_failure(
+    engine_settings: object, audio_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A transcript warning (here added to the real engine's transcript) is printed and written, exit 0."""
+    from dataclasses import replace
+
+    from funasr_fleet.commands.transcribe import transcribe_files
+    from funasr_fleet.engine.pipeline import Engine
+    from funasr_fleet.engine.transcript import TranscribeOptions, Transcript, TranscriptWarning, WarningCode
+
+    warning = TranscriptWarning(WarningCode.SPEAKER_COUNT_NOT_MET.value, "asked for 2 speakers; found 1")
+
+    class WarningEngine(Engine):
+        def transcribe(self, audio: object, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
+            return replace(super().transcribe(audio, options), warnings=(warning,))  # type: ignore[arg-type]
+
+    engine = WarningEngine(engine_settings)  # type: ignore[arg-type]
+    code = transcribe_files(engine, [audio_dir / "dialogue.wav"], tmp_path, ["json", "srt"], TranscribeOptions())
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "dialogue.wav: warning speaker_count_not_met: asked for 2 speakers; found 1" in err
+    doc = json.loads((tmp_path / "dialogue.json").read_text())
+    assert doc["warnings"] == [{"code": "speaker_count_not_met", "message": "asked for 2 speakers; found 1"}]
+    assert (tmp_path / "dialogue.srt").read_text().startswith("1\n")

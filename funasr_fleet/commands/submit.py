@@ -4,7 +4,7 @@ Output contract (scripts rely on it): without ``--wait`` stdout is the job id; w
 success, the LAST lines of stdout are the output URIs, one ``s3://...`` per line (manifest last);
 on failure stdout's last line is ``failed <error_code>`` and the exit status is non-zero; a job
 cancelled while waited for ends with ``cancelled`` (exit status 3).
-Logs and the progress bar go to stderr.
+Logs, the progress bar and the job's warnings (``warning <code>: <message>``) go to stderr.
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotword", action="append", default=[], help="hotword (repeatable)")
     parser.add_argument("--no-diarize", action="store_true", help="skip speaker diarization")
     parser.add_argument("--num-speakers", type=int, default=None, help="known number of speakers")
+    parser.add_argument("--min-speakers", type=int, default=None, metavar="N", help="at least N speakers (a range)")
+    parser.add_argument("--max-speakers", type=int, default=None, metavar="N", help="at most N speakers (a range)")
+    parser.add_argument(
+        "--channels", choices=("auto", "mix", "split"), default=None,
+        help="multichannel audio: split (speaker = channel), mix, or auto (the job default)",
+    )  # fmt: skip
     parser.add_argument("--language", default=None, help="language hint")
     parser.add_argument(
         "--metadata", type=_metadata, action="append", default=[], metavar="KEY=VALUE", help="passed to every event"
@@ -102,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     setup_logging("WARNING" if settings.log.level == "INFO" else settings.log.level, settings.log.format)
     options: dict[str, object] = {"hotwords": args.hotword, "diarize": not args.no_diarize}
-    if args.num_speakers is not None:
-        options["num_speakers"] = args.num_speakers
+    for name in ("num_speakers", "min_speakers", "max_speakers", "channels"):
+        if getattr(args, name) is not None:  # unset options stay out of the body (the job's defaults apply)
+            options[name] = getattr(args, name)
     if args.language:
         options["language"] = args.language
     metadata = dict(args.metadata)
@@ -144,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed {exc.code}")
         return EXIT_UNAVAILABLE if not exc.permanent else EXIT_FAILED
     if result.ok:
+        for warning in result.warnings:  # succeeded, but not exactly as asked: say so (stderr)
+            print(f"funasr-fleet submit: warning {warning.code}: {warning.message}", file=sys.stderr)
         for uri in result.outputs:
             print(uri)
         return 0

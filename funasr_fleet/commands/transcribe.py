@@ -1,8 +1,9 @@
 """`funasr-fleet transcribe FILE...`: local files in, transcript files out (no broker, no S3).
 
 Loads the engine once (settings from FLEET_ENGINE__* / the config file), then transcribes each
-file in turn, writing ``<stem>.<format>`` into the output directory. Progress and per-file errors
-(with their stable error code) go to stderr; the exit status is non-zero if any file failed.
+file in turn, writing ``<stem>.<format>`` into the output directory. Progress, per-file errors
+(with their stable error code) and transcript warnings (``warning <code>: <message>``) go to
+stderr; the exit status is non-zero if any file failed (a warning is not a failure).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write files (default: .)")
     parser.add_argument("--num-speakers", type=int, default=None, metavar="N", help="known number of speakers")
+    parser.add_argument("--min-speakers", type=int, default=None, metavar="N", help="at least N speakers (a range)")
+    parser.add_argument("--max-speakers", type=int, default=None, metavar="N", help="at most N speakers (a range)")
+    parser.add_argument(
+        "--channels", choices=("auto", "mix", "split"), default="auto",
+        help="multichannel audio: split (each channel on its own, speaker = channel), mix, or auto (default)",
+    )  # fmt: skip
     parser.add_argument(
         "--hotword", action="append", default=[], metavar="WORD", help="boost a word or phrase (repeatable)"
     )
@@ -53,20 +60,27 @@ def run(args: argparse.Namespace) -> int:
     from funasr_fleet.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
-    if args.num_speakers is not None and args.num_speakers < 1:
-        print("funasr-fleet transcribe: --num-speakers must be >= 1", file=sys.stderr)
-        return 2
     formats: list[str] = args.formats or list(settings.outputs.default_formats)
 
-    from funasr_fleet.engine.transcript import TranscribeOptions
-    from funasr_fleet.errors import ModelLoadError
+    from pydantic import ValidationError
 
-    options = TranscribeOptions(
-        hotwords=tuple(h.strip() for h in args.hotword if h.strip()),
-        diarize=not args.no_diarize,
-        num_speakers=args.num_speakers,
-        language=args.language,
-    )
+    from funasr_fleet.errors import ModelLoadError
+    from funasr_fleet.jobs import JobOptions, describe_errors
+
+    try:  # the same rules as a job's options (speaker counts 1..32, exact count or range)
+        job_options = JobOptions(
+            hotwords=[h.strip() for h in args.hotword if h.strip()],
+            diarize=not args.no_diarize,
+            num_speakers=args.num_speakers,
+            min_speakers=args.min_speakers,
+            max_speakers=args.max_speakers,
+            language=args.language,
+            channels=args.channels,
+        )
+    except ValidationError as exc:
+        print(f"funasr-fleet transcribe: invalid options: {describe_errors(exc, root='speakers')}", file=sys.stderr)
+        return 2
+    options = job_options.transcribe_options()
     try:
         from funasr_fleet.engine.pipeline import Engine
 
@@ -118,6 +132,8 @@ def transcribe_files(engine: object, files: list[Path], out_dir: Path, formats: 
             file=sys.stderr,
             flush=True,
         )
+        for warning in transcript.warnings:  # the transcript is usable: a warning is not a failure
+            print(f"{prefix}: warning {warning.code}: {warning.message}", file=sys.stderr, flush=True)
     if total > 1:
         print(
             f"done: {total - failed} ok, {failed} failed, {time.perf_counter() - started:.1f} s",

@@ -11,17 +11,14 @@ one Engine per process (the fleet runs one consumer process per engine).
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +26,10 @@ import numpy as np
 
 from funasr_fleet.engine import hotwords
 from funasr_fleet.engine.audio import SAMPLE_RATE, DecodedAudio, check_length, decode
+from funasr_fleet.engine.sentences import SENTENCE_RULES, sentences_from_result
 from funasr_fleet.engine.threads import configure_threads
-from funasr_fleet.engine.transcript import (
-    ModelIdentity,
-    Sentence,
-    Token,
-    TranscribeOptions,
-    Transcript,
-    Turn,
-)
+from funasr_fleet.engine.transcript import ModelIdentity, TranscribeOptions, Transcript
+from funasr_fleet.engine.turns import absorb_noise_label, merge_turns, relabel_speakers
 from funasr_fleet.errors import EngineError, FleetError, ModelLoadError
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import EngineSettings
@@ -47,7 +39,6 @@ AudioInput = str | Path | DecodedAudio | np.ndarray
 _MIB = 1024 * 1024
 _SMALL_FILE = 4 * _MIB  # hashed whole; larger files: size + first and last MiB (GB weights stay cheap)
 _STAGES = (("model", "asr"), ("vad_model", "vad"), ("punc_model", "punc"), ("spk_model", "spk"))
-_PUNCT = set("，。？！、；：,.?!;:\"'“”‘’（）()[]【】《》<>-—…·")
 
 log = get_logger(__name__)
 
@@ -139,6 +130,7 @@ class Engine:
             # settings that change the words or their grouping are part of what a result depends on
             "max_end_silence_ms": self.settings.max_end_silence_ms,
             "turn_gap_s": self.settings.turn_gap_s,
+            "sentence_rules": SENTENCE_RULES,
         }
         fingerprint = hashlib.sha256(json.dumps(digest_input, sort_keys=True).encode()).hexdigest()
         return ModelIdentity(
@@ -174,8 +166,11 @@ class Engine:
         decoded = self.load_audio(audio)
         start = time.perf_counter()
         raw = self._generate(decoded.samples, options)
-        sentences = self._sentences(raw, decoded.duration_ms, diarized=options.diarize and self.diarization_available)
-        turns = merge_turns(sentences, gap_ms=int(self.settings.turn_gap_s * 1000))
+        pause_ms = self.settings.max_end_silence_ms  # no sentence or turn spans a longer pause
+        diarized = options.diarize and self.diarization_available
+        found = sentences_from_result(raw, decoded.duration_ms, diarized=diarized, max_pause_ms=pause_ms)
+        sentences = relabel_speakers(absorb_noise_label(found))
+        turns = merge_turns(sentences, gap_ms=int(self.settings.turn_gap_s * 1000), max_pause_ms=pause_ms)
         speakers = tuple(sorted({s.speaker for s in sentences if s.speaker is not None}))
         wall = time.perf_counter() - start
         return Transcript(
@@ -228,42 +223,6 @@ class Engine:
         if not results:
             return {}
         return dict(results[0])
-
-    def _sentences(self, raw: dict[str, Any], duration_ms: int, *, diarized: bool) -> tuple[Sentence, ...]:
-        items = raw.get("sentence_info")
-        if not items and str(raw.get("text", "")).strip():
-            items = _sentences_from_tokens(raw, gap_ms=self.settings.max_end_silence_ms)
-        # Per-token times: FunASR's sentence splitter can be off by one token at sentence edges, but
-        # the whole-result text and timestamp lists line up; hand tokens to sentences by time.
-        all_tokens = _TokenIndex(_tokens(str(raw.get("text", "")), raw.get("timestamp") or [], duration_ms))
-        sentences: list[Sentence] = []
-        for item in items or []:
-            text = str(item.get("text", "")).strip()
-            if not text:
-                continue
-            if all(c in _PUNCT or c.isspace() for c in text):
-                # FunASR's splitter sometimes leaves a sentence-final mark on its own: glue it back
-                if sentences:
-                    last = sentences[-1]
-                    glued = last.text if last.text[-1] in _PUNCT else last.text + text
-                    end = _clamp(int(item.get("end", last.end_ms)), last.end_ms, duration_ms)
-                    sentences[-1] = replace(last, text=glued, end_ms=end)
-                continue
-            start = _clamp(int(item.get("start", 0)), 0, duration_ms)
-            end = _clamp(int(item.get("end", start)), start, duration_ms)
-            spk = item.get("spk") if diarized else None
-            sentences.append(
-                Sentence(
-                    start_ms=start,
-                    end_ms=end,
-                    text=text,
-                    speaker=int(spk) if spk is not None else (0 if diarized else None),
-                    tokens=_tokens(text, item.get("timestamp") or [], duration_ms)
-                    or all_tokens.between(start, end),
-                )
-            )
-        sentences.sort(key=lambda s: (s.start_ms, s.end_ms))
-        return _relabel_speakers(_absorb_noise_label(sentences))
 
 
 # --- helpers (pure; tested directly) ------------------------------------------------------------
@@ -344,136 +303,3 @@ def file_digest(path: Path) -> str:
             f.seek(size - _MIB)
             h.update(f.read(_MIB))
     return h.hexdigest()
-
-
-def _clamp(value: int, low: int, high: int) -> int:
-    return max(low, min(value, max(low, high)))
-
-
-def _units(text: str) -> list[str]:
-    """Token units as FunASR timestamps count them: CJK characters one by one, other words whole."""
-    units: list[str] = []
-    for word in text.split():
-        for piece in re.findall(r"[\u3400-\u9fff\uf900-\ufaff]|[^\u3400-\u9fff\uf900-\ufaff]+", word):
-            piece = "".join(c for c in piece if c not in _PUNCT)
-            if piece:
-                units.append(piece)
-    return units
-
-
-def _tokens(text: str, stamps: list[Any], duration_ms: int) -> tuple[Token, ...]:
-    units = _units(text)
-    pairs = [(int(t[0]), int(t[1])) for t in stamps if isinstance(t, (list, tuple)) and len(t) >= 2]
-    if not pairs or len(units) != len(pairs):
-        return ()
-    out = []
-    for unit, (s, e) in zip(units, pairs):
-        s = _clamp(s, 0, duration_ms)
-        out.append(Token(unit, s, _clamp(e, s, duration_ms)))
-    return tuple(out)
-
-
-class _TokenIndex:
-    """Tokens sorted by midpoint; ``between`` is a binary search (hours of audio: 10^4+ tokens)."""
-
-    def __init__(self, tokens: tuple[Token, ...]) -> None:
-        self._tokens = sorted(tokens, key=_mid)
-        self._mids = [_mid(t) for t in self._tokens]
-
-    def between(self, start_ms: int, end_ms: int) -> tuple[Token, ...]:
-        lo = bisect.bisect_left(self._mids, start_ms)
-        hi = bisect.bisect_left(self._mids, end_ms, lo)
-        return tuple(self._tokens[lo:hi])
-
-
-def _mid(token: Token) -> int:
-    return (token.start_ms + token.end_ms) // 2
-
-
-def _sentences_from_tokens(raw: dict[str, Any], *, gap_ms: int) -> list[dict[str, Any]]:
-    """No punctuation model: split the token stream at pauses so sentences still have times."""
-    stamps = [t for t in raw.get("timestamp") or [] if isinstance(t, (list, tuple)) and len(t) >= 2]
-    text = str(raw.get("text", "")).strip()
-    units = _units(text)
-    if not stamps or len(units) != len(stamps):
-        start = int(stamps[0][0]) if stamps else 0
-        end = int(stamps[-1][1]) if stamps else 0
-        return [{"start": start, "end": end, "text": text, "timestamp": stamps}]
-    out: list[dict[str, Any]] = []
-    cur_units: list[str] = []
-    cur_stamps: list[Any] = []
-    for unit, stamp in zip(units, stamps):
-        if cur_stamps and int(stamp[0]) - int(cur_stamps[-1][1]) >= max(gap_ms, 1):
-            out.append(_group(cur_units, cur_stamps))
-            cur_units, cur_stamps = [], []
-        cur_units.append(unit)
-        cur_stamps.append(stamp)
-    if cur_stamps:
-        out.append(_group(cur_units, cur_stamps))
-    return out
-
-
-def _group(units: list[str], stamps: list[Any]) -> dict[str, Any]:
-    return {"start": int(stamps[0][0]), "end": int(stamps[-1][1]), "text": join_text(units), "timestamp": stamps}
-
-
-def join_text(parts: list[str]) -> str:
-    """Join text pieces: no space between CJK characters, one space between other words."""
-    out = ""
-    for part in parts:
-        part = part.strip()
-        if not part:
-            continue
-        if out and (out[-1].isascii() or part[0].isascii()) and not part[0] in "，。？！、,.?!":
-            out += " "
-        out += part
-    return out
-
-
-def _absorb_noise_label(sentences: list[Sentence]) -> list[Sentence]:
-    """HDBSCAN (FunASR's clusterer past ~25 min of speech) labels outliers -1; that is not a
-    speaker. Such a sentence takes its neighbour's speaker (previous, else next)."""
-    if not any(s.speaker is not None and s.speaker < 0 for s in sentences):
-        return sentences
-    out = list(sentences)
-    last: int | None = None
-    for i, s in enumerate(out):
-        if s.speaker is not None and s.speaker < 0:
-            if last is None:
-                last = next((t.speaker for t in out[i:] if t.speaker is not None and t.speaker >= 0), 0)
-            out[i] = replace(s, speaker=last)
-        elif s.speaker is not None:
-            last = s.speaker
-    return out
-
-
-def _relabel_speakers(sentences: list[Sentence]) -> tuple[Sentence, ...]:
-    """Number speakers by first appearance (0, 1, ...): cluster ids are arbitrary, order is not."""
-    mapping: dict[int, int] = {}
-    out = []
-    for s in sentences:
-        if s.speaker is None:
-            out.append(s)
-            continue
-        new = mapping.setdefault(s.speaker, len(mapping))
-        out.append(s if new == s.speaker else replace(s, speaker=new))
-    return tuple(out)
-
-
-def merge_turns(sentences: tuple[Sentence, ...], *, gap_ms: int) -> tuple[Turn, ...]:
-    """Consecutive sentences of one speaker become one turn while the pause stays under ``gap_ms``."""
-    turns: list[Turn] = []
-    for i, s in enumerate(sentences):
-        last = turns[-1] if turns else None
-        if last is not None and last.speaker == s.speaker and s.start_ms - last.end_ms < gap_ms:
-            turns[-1] = Turn(
-                speaker=last.speaker,
-                start_ms=last.start_ms,
-                end_ms=max(last.end_ms, s.end_ms),
-                text=join_text([last.text, s.text]),
-                first_sentence=last.first_sentence,
-                last_sentence=i,
-            )
-        else:
-            turns.append(Turn(s.speaker, s.start_ms, s.end_ms, s.text, i, i))
-    return tuple(turns)
