@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write files (default: .)")
     parser.add_argument("--num-speakers", type=int, default=None, metavar="N", help="known number of speakers")
+    parser.add_argument("--min-speakers", type=int, default=None, metavar="N", help="at least N speakers")
+    parser.add_argument("--max-speakers", type=int, default=None, metavar="N", help="at most N speakers")
     parser.add_argument(
         "--hotword", action="append", default=[], metavar="WORD", help="boost a word or phrase (repeatable)"
     )
@@ -53,8 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from funasr_fleet.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
-    if args.num_speakers is not None and args.num_speakers < 1:
-        print("funasr-fleet transcribe: --num-speakers must be >= 1", file=sys.stderr)
+    from funasr_fleet.engine.clustering import SpeakerCount
+
+    try:
+        SpeakerCount.from_options(args.num_speakers, args.min_speakers, args.max_speakers)
+    except ValueError as exc:
+        print(f"funasr-fleet transcribe: --num/--min/--max-speakers: {exc}", file=sys.stderr)
         return 2
     formats: list[str] = args.formats or list(settings.outputs.default_formats)
 
@@ -65,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         hotwords=tuple(h.strip() for h in args.hotword if h.strip()),
         diarize=not args.no_diarize,
         num_speakers=args.num_speakers,
+        min_speakers=args.min_speakers,
+        max_speakers=args.max_speakers,
         language=args.language,
     )
     try:
@@ -118,6 +126,8 @@ def transcribe_files(engine: object, files: list[Path], out_dir: Path, formats: 
             file=sys.stderr,
             flush=True,
         )
+        for warning in transcript.warnings:  # a result that is not quite what was asked says so
+            print(f"{prefix}: warning {warning.code}: {warning.message}", file=sys.stderr, flush=True)
     if total > 1:
         print(
             f"done: {total - failed} ok, {failed} failed, {time.perf_counter() - started:.1f} s",

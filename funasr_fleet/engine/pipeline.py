@@ -28,6 +28,12 @@ from typing import Any
 import numpy as np
 
 from funasr_fleet.engine.audio import SAMPLE_RATE, DecodedAudio, check_length, decode
+from funasr_fleet.engine.clustering import (
+    CLUSTERING_VERSION,
+    ClusterBackendSlot,
+    SpeakerCount,
+    transcript_warnings,
+)
 from funasr_fleet.engine.threads import configure_threads
 from funasr_fleet.engine.transcript import (
     ModelIdentity,
@@ -35,9 +41,11 @@ from funasr_fleet.engine.transcript import (
     Token,
     TranscribeOptions,
     Transcript,
+    TranscriptWarning,
     Turn,
+    WarningCode,
 )
-from funasr_fleet.errors import EngineError, FleetError, ModelLoadError
+from funasr_fleet.errors import EngineError, FleetError, JobError, ModelLoadError
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import EngineSettings
 
@@ -67,6 +75,11 @@ class Engine:
         self._lock = threading.Lock()
         start = time.perf_counter()
         self._model = self._load()
+        # FunASR's ClusterBackend returns one speaker below 20 windows whatever was asked, and has no
+        # ranges: every diarized call clusters through cluster_speakers with that call's request.
+        self._clusters = ClusterBackendSlot()
+        if self._model.spk_model is not None:
+            self._model.cb_model = self._clusters
         self.load_s = time.perf_counter() - start
         self.identity = self._identity()
         log.info(
@@ -138,6 +151,7 @@ class Engine:
             # settings that change the words or their grouping are part of what a result depends on
             "max_end_silence_ms": self.settings.max_end_silence_ms,
             "turn_gap_s": self.settings.turn_gap_s,
+            "speaker_clustering": CLUSTERING_VERSION,
         }
         fingerprint = hashlib.sha256(json.dumps(digest_input, sort_keys=True).encode()).hexdigest()
         return ModelIdentity(
@@ -170,12 +184,21 @@ class Engine:
     def transcribe(self, audio: AudioInput, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
         """Transcribe one input. Audio errors raise ``AudioError`` subclasses, model failures ``EngineError``."""
         self._check_thread()
+        count = speaker_count(options)
         decoded = self.load_audio(audio)
         start = time.perf_counter()
+        self._clusters.reset(count)
         raw = self._generate(decoded.samples, options)
-        sentences = self._sentences(raw, decoded.duration_ms, diarized=options.diarize and self.diarization_available)
+        diarized = options.diarize and self.diarization_available
+        sentences = self._sentences(raw, decoded.duration_ms, diarized=diarized)
         turns = merge_turns(sentences, gap_ms=int(self.settings.turn_gap_s * 1000))
         speakers = tuple(sorted({s.speaker for s in sentences if s.speaker is not None}))
+        warnings: tuple[TranscriptWarning, ...] = ()
+        if diarized:
+            warnings = transcript_warnings(count, len(speakers), self._clusters.last)
+        elif options.diarize and count.requested:
+            warnings = (TranscriptWarning(WarningCode.DIARIZATION_UNAVAILABLE.value,
+                        f"asked for {count.describe()}, but this engine has no speaker model"),)  # fmt: skip
         wall = time.perf_counter() - start
         return Transcript(
             sentences=sentences,
@@ -187,6 +210,7 @@ class Engine:
             language=options.language,
             wall_s=wall,
             decode_s=decoded.decode_s,
+            warnings=warnings,
         )
 
     def _check_thread(self) -> None:
@@ -206,9 +230,7 @@ class Engine:
             cfg["hotword"] = " ".join(options.hotwords)
         if options.language:
             cfg["language"] = options.language
-        diarize = options.diarize and self.diarization_available
-        if diarize and options.num_speakers:
-            cfg["preset_spk_num"] = int(options.num_speakers)
+        diarize = options.diarize and self.diarization_available  # the speaker request goes via self._clusters
         if not diarize and model_has_punc(self._model):
             cfg["sentence_timestamp"] = True  # sentences split at punctuation, with times
         model = self._model
@@ -304,6 +326,14 @@ def resolve_model_ref(value: str, key: str, *, required: bool) -> str | None:
             raise ModelLoadError(f"{env}={value}: not a FunASR model directory (no config.yaml)")
         return str(path)
     return value
+
+
+def speaker_count(options: TranscribeOptions) -> SpeakerCount:
+    """The speaker request of ``options`` (exact count wins over a range); ``JobError`` if invalid."""
+    try:
+        return SpeakerCount.from_options(options.num_speakers, options.min_speakers, options.max_speakers)
+    except ValueError as exc:
+        raise JobError(f"invalid speaker request: {exc}") from exc
 
 
 def model_has_punc(model: Any) -> bool:

@@ -1,0 +1,370 @@
+"""Speaker clustering over speech-window embeddings: requested counts honoured, cost bounded at any length.
+
+Input: one speaker embedding per speech window, rows in time order, shape ``(N, D)`` (FunASR's
+``sv_chunk``: 1.5 s windows every 0.75 s inside each VAD segment; CAM++ gives D = 192, so 4 h of
+speech is about 19,000 rows). Output: one speaker label per window, numbered by first appearance.
+
+What runs (N = windows; ``max_dense`` = 2048, FunASR's own cut between its dense and large paths):
+
+- N = 0: nothing. One window, a request for one speaker, or identical embeddings: one speaker.
+- An exact count (or min = max) below 20 windows, where FunASR's ``ClusterBackend`` returns one
+  speaker before it reads the request: average-linkage agglomerative clustering on cosine distance,
+  cut at the count. From 20 windows: FunASR's ``SpectralCluster`` with the count as its oracle.
+- No exact count, 6 <= N <= max_dense: FunASR's ``SpectralCluster`` (p-pruned cosine affinity,
+  eigengap over 1..15 speakers, its choice clipped to the requested range), then FunASR's ``merge_by_cos`` rule (centroid
+  cosine >= 0.78 is one speaker), never below the requested minimum. FunASR runs this from 20
+  windows; measured on synthetic embeddings it splits one voice no more often at 6..19 windows.
+  Below 6 windows (about 5 s of speech) the data cannot choose: the fewest speakers allowed (1).
+- FunASR's SpectralCluster is used with safe pruning for few rows, a partial eigendecomposition
+  and a seeded k-means (see ``_spectral_class``).
+- N > max_dense: a deterministic, time-spread sample of ``max_dense`` windows (one per equal stretch
+  of the recording) is clustered as above and every other window goes to the nearest speaker
+  centroid (cosine). Cost: O(max_dense^2) memory and one partial eigendecomposition of that size,
+  plus O(N * speakers * D) for the assignment, whatever N is, with or without a count; labels come
+  from one clustering, so they are consistent over the whole recording. No HDBSCAN: no noise label.
+
+A request that cannot be met returns what is possible and a ``speaker_count_not_met`` warning that
+says what was asked, what was found and why. ``cluster_speakers`` is a pure function of its inputs:
+the same embeddings, request and seed give the same labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from funasr_fleet.engine.transcript import TranscriptWarning, WarningCode
+
+CLUSTERING_VERSION = "fleet-1"  # part of the engine fingerprint: other labels, other results
+MAX_SPEAKERS = 32  # the most a job may ask for (num_speakers / min_speakers / max_speakers)
+AUTO_MAX_SPEAKERS = 15  # FunASR's SpectralCluster default: the eigengap looks at 1..15 speakers
+SMALL_N = 20  # below this FunASR's ClusterBackend returns one speaker; a known count uses agglomerative
+MIN_SPLIT_N = 6  # below this no count is chosen from the data (measured: eigengap splits one voice too often)
+MERGE_COS = 0.78  # FunASR's ClusterBackend merge_thr: speakers whose centroids are this close are one
+MIN_NEIGHBOURS = 6  # FunASR's p-pruning keeps at least this many affinities per row
+WINDOW_S, SHIFT_S = 1.5, 0.75  # FunASR's sv_chunk, for messages
+_ASSIGN_CHUNK = 65536  # rows per block when assigning windows to centroids (bounds the temporary)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerCount:
+    """What a job asked for: an exact count, or a range (either end optional), or nothing.
+
+    Values are 1..32; ``exact`` excludes ``min``/``max``; ``min <= max``. Raises ``ValueError``.
+    """
+
+    exact: int | None = None
+    min: int | None = None
+    max: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("exact", "min", "max"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_SPEAKERS):  # fmt: skip
+                raise ValueError(f"{name} speakers must be an integer from 1 to {MAX_SPEAKERS}, not {value!r}")
+        if self.exact is not None and (self.min is not None or self.max is not None):
+            raise ValueError("an exact speaker count excludes min/max speakers")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min speakers ({self.min}) is greater than max speakers ({self.max})")
+
+    @classmethod
+    def from_options(cls, num: int | None, min_: int | None = None, max_: int | None = None) -> SpeakerCount:
+        """From ``TranscribeOptions``' num/min/max_speakers: an exact count wins over a range."""
+        return cls(exact=num) if num is not None else cls(min=min_, max=max_)
+
+    @property
+    def requested(self) -> bool:
+        return self.exact is not None or self.min is not None or self.max is not None
+
+    def bounds(self) -> tuple[int, int]:
+        """(lowest, highest) count to consider; without an upper bound, FunASR's 15 (or ``min``)."""
+        if self.exact is not None:
+            return self.exact, self.exact
+        low = self.min or 1
+        return low, self.max if self.max is not None else max(AUTO_MAX_SPEAKERS, low)
+
+    def allows(self, speakers: int) -> bool:
+        """Whether ``speakers`` satisfies the request (anything does when nothing was asked)."""
+        if self.exact is not None:
+            return speakers == self.exact
+        return (self.min or 1) <= speakers <= (self.max if self.max is not None else MAX_SPEAKERS)
+
+    def describe(self) -> str:
+        if self.exact is not None:
+            return f"exactly {_speakers(self.exact)}"
+        if self.min is not None and self.max is not None:
+            return f"{self.min} to {self.max} speakers" if self.min != self.max else f"exactly {_speakers(self.min)}"
+        if self.min is not None:
+            return f"at least {_speakers(self.min)}"
+        if self.max is not None:
+            return f"at most {_speakers(self.max)}"
+        return "any number of speakers"
+
+
+@dataclass(frozen=True, eq=False)
+class Clustering:
+    """One label per window and what a reader must know about them.
+
+    ``labels``: shape (N,), int64, speakers 0..k-1 numbered by first appearance (never -1).
+    ``method``: what ran, for logs and benchmarks (``single``, ``agglomerative``, ``spectral``,
+    ``sample(M)+spectral+assign`` ...). ``clustered``: windows the dense method saw (N, or the sample).
+    """
+
+    labels: np.ndarray
+    warnings: tuple[TranscriptWarning, ...] = ()
+    method: str = ""
+    clustered: int = 0
+
+    @property
+    def speakers(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+def cluster_speakers(
+    embeddings: np.ndarray, count: SpeakerCount = SpeakerCount(), *, max_dense: int = 2048, seed: int = 0
+) -> Clustering:
+    """Cluster ``embeddings`` (N, D; rows in time order, any scale: compared by cosine) into speakers.
+
+    ``count`` constrains the number of speakers; ``max_dense`` (>= 64) bounds the windows the dense
+    method sees (the rest are assigned to centroids); ``seed`` fixes the sample and k-means. Raises
+    ``ValueError`` for a non-2-D or non-finite input. See the module docstring for what runs when.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or (x.size and not np.isfinite(x).all()):
+        raise ValueError(f"embeddings must be a finite (N, D) array, got shape {x.shape}")
+    if max_dense < 64:
+        raise ValueError(f"max_dense must be at least 64, got {max_dense}")
+    n = x.shape[0]
+    if n == 0:
+        none = (_not_met(count, 0, "there is no speech to tell speakers apart"),) if count.requested else ()
+        return Clustering(np.zeros(0, dtype=np.int64), none, "empty", 0)
+    x = _unit_rows(x)
+    sample = time_spread_sample(n, max_dense, seed) if n > max_dense else None
+    xs = x if sample is None else x[sample]
+    low, high = count.bounds()
+    possible = min(len(xs), distinct_rows(xs, limit=high))
+    warns: list[TranscriptWarning] = []
+    if low > possible:
+        warns.append(_not_met(count, possible, _why_fewer(len(xs), possible)))
+        low = high = possible
+    high = min(high, possible)
+
+    if len(xs) < MIN_SPLIT_N and low < high:
+        high = low  # too few windows to choose a count: the fewest the request allows
+    if high == 1:
+        labels, method = np.zeros(len(xs), dtype=np.int64), "single"
+    elif low == high and len(xs) < SMALL_N:
+        labels, method = _agglomerative(xs, low), "agglomerative"
+    elif low == high:
+        labels, method = spectral_cluster(low, high, seed)(xs.copy(), oracle_num=low), "spectral"
+    else:
+        labels = spectral_cluster(low, high, seed)(xs.copy())
+        labels, method = merge_close(labels, xs, MERGE_COS, floor=low), "spectral+merge"
+    if sample is not None:
+        labels = assign_to_centroids(x, sample, labels)
+        method = f"sample({len(xs)})+{method}+assign"
+    labels = first_appearance(labels)
+    found = int(labels.max()) + 1
+    if not warns and not count.allows(found):  # the checks above make this unreachable; never silent anyway
+        warns.append(_not_met(count, found, "the clustering could not separate more voices"))
+    return Clustering(labels, tuple(warns), method, len(xs))
+
+
+def transcript_warnings(
+    count: SpeakerCount, speakers: int, clustering: Clustering | None
+) -> tuple[TranscriptWarning, ...]:
+    """The speaker warnings a transcript carries: the clustering's own, or one when the transcript's
+    ``speakers`` (those holding a sentence) miss a request the clustering met. ``clustering`` is None
+    when nothing was clustered (no speech windows)."""
+    if clustering is not None and clustering.warnings:
+        return clustering.warnings
+    if not count.requested or count.allows(speakers):
+        return ()
+    if clustering is None:
+        return (_not_met(count, speakers, "no speech windows were found to tell speakers apart"),)
+    return (_not_met(count, speakers, (
+        f"the speech windows were clustered into {_speakers(clustering.speakers)}, but only {speakers} of them "
+        "hold a sentence (each sentence goes to the speaker heard most in it, and speaker turns shorter "
+        "than 0.7 s are merged into their neighbours)")),)  # fmt: skip
+
+
+class ClusterBackendSlot:
+    """Takes the place of FunASR's ``ClusterBackend`` in ``AutoModel.cb_model``.
+
+    AutoModel calls ``cb_model(embeddings, oracle_num=...)`` once per diarized ``generate`` with
+    the (N, 192) CAM++ window embeddings (a CPU torch tensor) and expects (N,) labels. The caller
+    sets ``count`` before ``generate`` and reads ``last`` after it; ``oracle_num`` is not used (the
+    request travels in ``count``, ranges included). One slot per AutoModel; not thread-safe (neither
+    is AutoModel).
+    """
+
+    def __init__(self, *, max_dense: int = 2048, seed: int = 0) -> None:
+        self.max_dense = max_dense
+        self.seed = seed
+        self.count = SpeakerCount()
+        self.last: Clustering | None = None
+
+    def reset(self, count: SpeakerCount) -> None:
+        self.count = count
+        self.last = None
+
+    def __call__(self, embeddings: object, oracle_num: int | None = None, **_: object) -> np.ndarray:
+        detach = getattr(embeddings, "detach", None)
+        x = detach().cpu().float().numpy() if detach is not None else np.asarray(embeddings)
+        self.last = cluster_speakers(x, self.count, max_dense=self.max_dense, seed=self.seed)
+        return self.last.labels
+
+
+# --- steps (pure; tested through cluster_speakers and directly) -------------------------------------
+def time_spread_sample(n: int, size: int, seed: int) -> np.ndarray:
+    """``size`` sorted row indices out of ``n``, one from each of ``size`` equal stretches (seeded)."""
+    edges = (np.arange(size + 1, dtype=np.int64) * n) // size
+    offsets = (np.random.default_rng(seed).random(size) * (edges[1:] - edges[:-1])).astype(np.int64)
+    return edges[:-1] + offsets
+
+
+def distinct_rows(x: np.ndarray, *, limit: int) -> int:
+    """How many different rows ``x`` (unit rows) has, counted up to ``limit`` (cosine 1 - 1e-9 = same)."""
+    reps: list[np.ndarray] = []
+    for row in x:
+        if all(float(row @ r) < 1.0 - 1e-9 for r in reps):
+            reps.append(row)
+            if len(reps) >= limit:
+                break
+    return len(reps)
+
+
+def merge_close(labels: np.ndarray, x: np.ndarray, threshold: float, *, floor: int = 1) -> np.ndarray:
+    """FunASR's ``ClusterBackend.merge_by_cos`` rule, stopped at ``floor`` speakers: while the two
+    closest centroids have cosine >= ``threshold`` and more than ``floor`` speakers remain, merge them."""
+    labels = first_appearance(labels)
+    while (k := int(labels.max()) + 1) > max(floor, 1):
+        centroids = _unit_rows(np.stack([x[labels == i].mean(axis=0) for i in range(k)]))
+        affinity = np.triu(centroids @ centroids.T, 1)
+        i, j = np.unravel_index(int(np.argmax(affinity)), affinity.shape)
+        if affinity[i, j] < threshold:
+            break
+        labels = np.where(labels == j, i, labels)
+        labels = np.where(labels > j, labels - 1, labels)
+    return labels
+
+
+def assign_to_centroids(x: np.ndarray, sample: np.ndarray, sample_labels: np.ndarray) -> np.ndarray:
+    """Labels for all rows of ``x`` (unit rows): sampled rows keep theirs, the rest take the speaker
+    whose centroid (of its sampled rows) is nearest by cosine. Memory: blocks of 65,536 rows."""
+    k = int(sample_labels.max()) + 1
+    centroids = _unit_rows(np.stack([x[sample][sample_labels == i].mean(axis=0) for i in range(k)]))
+    labels = np.empty(len(x), dtype=np.int64)
+    for start in range(0, len(x), _ASSIGN_CHUNK):
+        block = x[start : start + _ASSIGN_CHUNK]
+        labels[start : start + len(block)] = np.argmax(block @ centroids.T, axis=1)
+    labels[sample] = sample_labels
+    return labels
+
+
+def first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0..k-1 in order of first appearance (the first window's speaker is 0)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+def _agglomerative(x: np.ndarray, k: int) -> np.ndarray:
+    """A known count on few windows (2..19): average-linkage on cosine distance, cut at ``k``
+    (measured more accurate than spectral's k-means on the eigenvectors at this size)."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def spectral_cluster(low: int, high: int, seed: int) -> Any:
+    """FunASR's ``SpectralCluster`` for [low, high] speakers with a seeded k-means (see ``_spectral_class``)."""
+    return _spectral_class()(low, high, seed)
+
+
+@functools.cache
+def _spectral_class() -> type:
+    """FunASR's SpectralCluster with changes that keep its results and bound its cost: p-pruning that
+    is safe for few rows (FunASR's gives pval = 6/N > 1 below 6 rows) and vectorised; a Laplacian
+    built in place (no dense diagonal matrix); only the eigenpairs the eigengap reads; a seeded
+    k-means (FunASR's is unseeded, so its labels change between runs). Built on first use: importing
+    FunASR imports torch, which must wait until the engine has set its thread counts, and FunASR
+    prints its version on import (stdout belongs to commands)."""
+    import scipy.linalg
+    from sklearn.cluster import k_means
+
+    with contextlib.redirect_stdout(sys.stderr):
+        from funasr.models.campplus.cluster_backend import SpectralCluster
+
+    class Spectral(SpectralCluster):  # type: ignore[misc]
+        def __init__(self, low: int, high: int, seed: int) -> None:
+            # the eigengap looks at FunASR's whole range (or more) and its choice is then clipped
+            # to [low, high]: a gap searched only inside a narrow range is meaningless when the
+            # data has more voices than ``high`` (3 separate voices, high = 2: all gaps are 0 -> 1)
+            super().__init__(min_num_spks=1, max_num_spks=max(high, AUTO_MAX_SPEAKERS))
+            self.low, self.high, self.seed = low, high, seed
+
+        def p_pruning(self, A: np.ndarray) -> np.ndarray:
+            n = A.shape[0]
+            pval = self.pval if n * self.pval >= MIN_NEIGHBOURS else MIN_NEIGHBOURS / n
+            drop = max(0, int((1 - pval) * n))  # FunASR zeroes the int((1 - pval) * n) smallest of each row
+            if drop:
+                lowest = np.argpartition(A, drop - 1, axis=1)[:, :drop]
+                np.put_along_axis(A, lowest, 0.0, axis=1)
+            return A
+
+        def get_laplacian(self, M: np.ndarray) -> np.ndarray:
+            np.fill_diagonal(M, 0.0)
+            degree = np.abs(M).sum(axis=1)
+            M *= -1.0
+            M[np.diag_indices_from(M)] = degree
+            return M
+
+        def get_spec_embs(self, L: np.ndarray, k_oracle: int | None = None) -> tuple[np.ndarray, int]:
+            last = min(L.shape[0] - 1, k_oracle - 1 if k_oracle else self.max_num_spks)
+            lambdas, vectors = scipy.linalg.eigh(L, subset_by_index=[0, last], overwrite_a=True, check_finite=False)
+            if k_oracle:
+                k = k_oracle
+            else:
+                gaps = np.diff(lambdas[: self.max_num_spks + 1])
+                k = min(max(int(np.argmax(gaps)) + 1 if len(gaps) else 1, self.low), self.high)
+            return vectors[:, :k], k
+
+        def cluster_embs(self, emb: np.ndarray, k: int) -> np.ndarray:
+            _, labels, _ = k_means(emb, k, random_state=self.seed, n_init=10)
+            return np.asarray(labels, dtype=np.int64)
+
+    return Spectral
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def _speakers(k: int) -> str:
+    return f"{k} speaker" if k == 1 else f"{k} speakers"
+
+
+def _why_fewer(windows: int, distinct: int) -> str:
+    speech = f"{windows} speech window" + ("" if windows == 1 else "s") + f" ({WINDOW_S:g} s each, every {SHIFT_S:g} s)"
+    if distinct >= windows:
+        return f"only {speech}: one window holds one voice, so no more speakers can be told apart"
+    if distinct == 1:
+        return f"the voice embeddings of all {speech} are identical, so they cannot be split"
+    return f"only {distinct} of the {speech} have different voice embeddings"
+
+
+def _not_met(count: SpeakerCount, found: int, why: str) -> TranscriptWarning:
+    return TranscriptWarning(
+        code=WarningCode.SPEAKER_COUNT_NOT_MET.value,
+        message=f"asked for {count.describe()}, found {found}: {why}",
+    )
