@@ -135,7 +135,7 @@ def cluster_speakers(
     method sees (the rest are assigned to centroids); ``seed`` fixes the sample and k-means. Raises
     ``ValueError`` for a non-2-D or non-finite input. See the module docstring for what runs when.
     """
-    x = np.asarray(embeddings, dtype=np.float64)
+    x = np.asarray(embeddings, dtype=np.float32)  # all N rows: only dot products with a few centroids
     if x.ndim != 2 or (x.size and not np.isfinite(x).all()):
         raise ValueError(f"embeddings must be a finite (N, D) array, got shape {x.shape}")
     if max_dense < 64:
@@ -146,7 +146,7 @@ def cluster_speakers(
         return Clustering(np.zeros(0, dtype=np.int64), none, "empty", 0)
     x = _unit_rows(x)
     sample = time_spread_sample(n, max_dense, seed) if n > max_dense else None
-    xs = x if sample is None else x[sample]
+    xs = _unit_rows((x if sample is None else x[sample]).astype(np.float64))  # the dense method's rows
     low, high = count.bounds()
     possible = min(len(xs), distinct_rows(xs, limit=high))
     warns: list[TranscriptWarning] = []
@@ -230,10 +230,10 @@ def time_spread_sample(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def distinct_rows(x: np.ndarray, *, limit: int) -> int:
-    """How many different rows ``x`` (unit rows) has, counted up to ``limit`` (cosine 1 - 1e-9 = same)."""
+    """How many different rows ``x`` (unit rows) has, counted up to ``limit`` (cosine >= 1 - 1e-6: same)."""
     reps: list[np.ndarray] = []
     for row in x:
-        if all(float(row @ r) < 1.0 - 1e-9 for r in reps):
+        if all(float(row @ r) < 1.0 - 1e-6 for r in reps):
             reps.append(row)
             if len(reps) >= limit:
                 break
@@ -316,9 +316,10 @@ def _spectral_class() -> type:
             n = A.shape[0]
             pval = self.pval if n * self.pval >= MIN_NEIGHBOURS else MIN_NEIGHBOURS / n
             drop = max(0, int((1 - pval) * n))  # FunASR zeroes the int((1 - pval) * n) smallest of each row
-            if drop:
-                lowest = np.argpartition(A, drop - 1, axis=1)[:, :drop]
-                np.put_along_axis(A, lowest, 0.0, axis=1)
+            for start in range(0, n if drop else 0, 256):  # in row blocks: the index array stays small
+                block = A[start : start + 256]
+                lowest = np.argpartition(block, drop - 1, axis=1)[:, :drop]
+                np.put_along_axis(block, lowest, 0.0, axis=1)
             return A
 
         def get_laplacian(self, M: np.ndarray) -> np.ndarray:
