@@ -17,8 +17,8 @@ the warm-up column, not in the row. FunASR's ClusterBackend has no ranges: its "
 unhinted run.
 
 Table 2 (in-process, seconds): few windows without a count, one voice vs two voices at harder
-settings, false splits and false merges in 100 trials for FunASR and the fleet — the measurement
-behind clustering.MIN_SPLIT_N.
+settings, false splits and false merges in 100 trials for FunASR, the fleet, and the fleet's
+spectral+merge without its 6-window floor — the measurement behind clustering.MIN_SPLIT_N.
 
 Table 3 (in-process): an exact count past 2048 windows with unequal voices (one dominant, some
 rare): FunASR's KMeansCluster vs cluster_speakers, accuracy and seconds.
@@ -143,20 +143,26 @@ def small_n(trials: int = 100) -> list[dict[str, Any]]:
     import numpy as np
     from funasr.models.campplus.cluster_backend import ClusterBackend
 
-    from funasr_fleet.engine.clustering import cluster_speakers
+    from funasr_fleet.engine import clustering as cl
 
     funasr = ClusterBackend()
+
+    def no_floor(x: Any) -> Any:  # the fleet's spectral+merge without the MIN_SPLIT_N floor
+        x = cl._unit_rows(x.astype(np.float64))
+        return cl.merge_close(cl.spectral_cluster(1, 15, 0)(x.copy()), x, cl.MERGE_COS) if len(x) >= 3 else [0]
+
+    backends = {"funasr": lambda x: funasr(x), "fleet": lambda x: cl.cluster_speakers(x).labels, "no_floor": no_floor}
     rows = []
     for rho, beta in ((0.55, 0.2), (0.45, 0.3), (0.35, 0.1)):
-        for n in (3, 4, 5, 6, 8, 10, 13, 16, 19, 25, 40):
-            split = {"funasr": 0, "fleet": 0}
-            merged = {"funasr": 0, "fleet": 0}
+        for n in (2, 3, 4, 5, 6, 8, 10, 13, 16, 19, 25, 40):
+            split = dict.fromkeys(backends, 0)
+            merged = dict.fromkeys(backends, 0)
             for t in range(trials):
                 one, _ = dialogue(n, voices=1, rho=rho, beta=beta, eff=16, seed=t)
                 two, truth = dialogue(n, voices=2, rho=rho, beta=beta, eff=16, seed=10_000 + t)
                 if len(set(truth.tolist())) < 2:
                     two, truth = dialogue(n, voices=2, rho=rho, beta=beta, eff=16, seed=20_000 + t)
-                for name, fn in (("funasr", lambda x: funasr(x)), ("fleet", lambda x: cluster_speakers(x).labels)):
+                for name, fn in backends.items():
                     split[name] += len(set(np.asarray(fn(one)).tolist())) > 1
                     merged[name] += len(set(np.asarray(fn(two)).tolist())) < 2
             rows.append({"rho": rho, "beta": beta, "n": n, "trials": trials,
@@ -238,9 +244,11 @@ def render(result: dict[str, Any]) -> str:
     fleet_w = max((w for b, w in warm if b == "fleet"), default=0.0)
     out += f"\nWarm-up call at 2100 windows (first call in a process): FunASR up to {funasr_w} s, fleet up to {fleet_w} s.\n\n"
     small = [[r["n"], f"{r['rho']}/{r['beta']}", f"{r['split_funasr']}/{r['trials']}", f"{r['merge_funasr']}/{r['trials']}",
-              f"{r['split_fleet']}/{r['trials']}", f"{r['merge_fleet']}/{r['trials']}"] for r in result["small_n"]]  # fmt: skip
+              f"{r['split_fleet']}/{r['trials']}", f"{r['merge_fleet']}/{r['trials']}",
+              f"{r['split_no_floor']}/{r['trials']}", f"{r['merge_no_floor']}/{r['trials']}"] for r in result["small_n"]]  # fmt: skip
     out += table("Few windows, no count: false splits (1 voice) and false merges (2 voices)",
-                 ["N", "cos within/between", "FunASR split", "FunASR merge", "fleet split", "fleet merge"], small)  # fmt: skip
+                 ["N", "cos within/between", "FunASR split", "FunASR merge", "fleet split", "fleet merge",
+                  "no 6-window floor: split", "merge"], small)  # fmt: skip
     unequal = [[r["n"], "/".join(f"{v:g}" for v in r["shares"]), round(r["kmeans_ari"], 3), round(r["kmeans_s"], 2),
                 round(r["fleet_ari"], 3), round(r["fleet_s"], 2)] for r in result.get("imbalance", [])]  # fmt: skip
     out += "\n" + table("Exact count, unequal voices (window cosine 0.45 within, 0.2 between): adjusted Rand index",
