@@ -254,6 +254,29 @@ def test_first_appearance() -> None:
     assert first_appearance(np.array([5, 5, 2, 7, 2, 5])).tolist() == [0, 0, 1, 2, 1, 0]
 
 
+def test_transcript_warnings() -> None:
+    x, _ = voices(13, 2)
+    met = cluster_speakers(x, SpeakerCount(exact=2))
+    assert cl.transcript_warnings(SpeakerCount(exact=2), 2, met) == ()
+    assert cl.transcript_warnings(SpeakerCount(), 1, cluster_speakers(x)) == ()
+    (fewer,) = cl.transcript_warnings(SpeakerCount(exact=2), 1, met)  # met by windows, not by sentences
+    assert fewer.code == WarningCode.SPEAKER_COUNT_NOT_MET and "clustered into 2 speakers, but only 1" in fewer.message
+    (none,) = cl.transcript_warnings(SpeakerCount(min=2), 0, None)
+    assert "at least 2 speakers, found 0: no speech windows" in none.message
+    one = cluster_speakers(x[:1], SpeakerCount(exact=2))
+    assert cl.transcript_warnings(SpeakerCount(exact=2), 1, one) == one.warnings  # the clustering's own reason
+
+
+def test_cluster_backend_slot_takes_torch_tensors() -> None:
+    import torch
+
+    x, truth = voices(13, 2)
+    slot = cl.ClusterBackendSlot()
+    slot.reset(SpeakerCount(exact=2))
+    labels = slot(torch.from_numpy(x), oracle_num=None)  # how FunASR's AutoModel calls cb_model
+    assert same_partition(labels, truth) and slot.last is not None and slot.last.speakers == 2
+
+
 # --- through the real Engine (tiny random models) -------------------------------------------------
 CASES = Path(__file__).resolve().parent / "data" / "short-speakers"  # copies of shared/cases/short-speakers
 REPO = Path(__file__).resolve().parents[1]
