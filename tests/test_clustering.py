@@ -16,6 +16,7 @@ import pytest
 
 from funasr_fleet.engine import clustering as cl
 from funasr_fleet.engine.clustering import SpeakerCount, cluster_speakers, first_appearance, time_spread_sample
+from funasr_fleet.engine.speaker_count import transcript_warnings
 from funasr_fleet.engine.transcript import TranscribeOptions, Transcript, WarningCode
 
 if TYPE_CHECKING:
@@ -257,14 +258,14 @@ def test_first_appearance() -> None:
 def test_transcript_warnings() -> None:
     x, _ = voices(13, 2)
     met = cluster_speakers(x, SpeakerCount(exact=2))
-    assert cl.transcript_warnings(SpeakerCount(exact=2), 2, met) == ()
-    assert cl.transcript_warnings(SpeakerCount(), 1, cluster_speakers(x)) == ()
-    (fewer,) = cl.transcript_warnings(SpeakerCount(exact=2), 1, met)  # met by windows, not by sentences
+    assert transcript_warnings(SpeakerCount(exact=2), 2, met) == ()
+    assert transcript_warnings(SpeakerCount(), 1, cluster_speakers(x)) == ()
+    (fewer,) = transcript_warnings(SpeakerCount(exact=2), 1, met)  # met by windows, not by sentences
     assert fewer.code == WarningCode.SPEAKER_COUNT_NOT_MET and "clustered into 2 speakers, but only 1" in fewer.message
-    (none,) = cl.transcript_warnings(SpeakerCount(min=2), 0, None)
+    (none,) = transcript_warnings(SpeakerCount(min=2), 0, None)
     assert "at least 2 speakers, found 0: no speech windows" in none.message
     one = cluster_speakers(x[:1], SpeakerCount(exact=2))
-    assert cl.transcript_warnings(SpeakerCount(exact=2), 1, one) == one.warnings  # the clustering's own reason
+    assert transcript_warnings(SpeakerCount(exact=2), 1, one) == one.warnings  # the clustering's own reason
 
 
 def test_cluster_backend_slot_takes_torch_tensors() -> None:

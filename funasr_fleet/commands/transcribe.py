@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from funasr_fleet.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
-    from funasr_fleet.engine.clustering import SpeakerCount
+    from funasr_fleet.engine.speaker_count import SpeakerCount
 
     try:
         SpeakerCount.from_options(args.num_speakers, args.min_speakers, args.max_speakers)

@@ -11,17 +11,21 @@ What runs (N = windows; ``max_dense`` = 2048, FunASR's own cut between its dense
   speaker before it reads the request: average-linkage agglomerative clustering on cosine distance,
   cut at the count. From 20 windows: FunASR's ``SpectralCluster`` with the count as its oracle.
 - No exact count, 6 <= N <= max_dense: FunASR's ``SpectralCluster`` (p-pruned cosine affinity,
-  eigengap over 1..15 speakers, its choice clipped to the requested range), then FunASR's ``merge_by_cos`` rule (centroid
-  cosine >= 0.78 is one speaker), never below the requested minimum. FunASR runs this from 20
-  windows; measured on synthetic embeddings it splits one voice no more often at 6..19 windows.
-  Below 6 windows (about 5 s of speech) the data cannot choose: the fewest speakers allowed (1).
-- FunASR's SpectralCluster is used with safe pruning for few rows, a partial eigendecomposition
-  and a seeded k-means (see ``_spectral_class``).
+  eigengap over 1..15 speakers, its choice clipped to the requested range), then FunASR's
+  ``merge_by_cos`` rule (centroid cosine >= 0.78 is one speaker), never below the requested
+  minimum. FunASR runs this from 20 windows; at 6..19 windows (measured on synthetic embeddings,
+  ``benchmarks.clustering``) it finds a second voice in 36..98 of 100 clips, where FunASR's one
+  speaker never does, and splits one voice in 0..14 of 100. Below 6 windows (about 5 s of speech)
+  it split one voice in up to 32 of 100: there the fewest speakers allowed (1 without a range).
 - N > max_dense: a deterministic, time-spread sample of ``max_dense`` windows (one per equal stretch
   of the recording) is clustered as above and every other window goes to the nearest speaker
   centroid (cosine). Cost: O(max_dense^2) memory and one partial eigendecomposition of that size,
   plus O(N * speakers * D) for the assignment, whatever N is, with or without a count; labels come
   from one clustering, so they are consistent over the whole recording. No HDBSCAN: no noise label.
+  (FunASR's large-input k-means splits a dominant voice; its UMAP+HDBSCAN takes a minute at 4 h.)
+
+FunASR's SpectralCluster is used with safe pruning for few rows, a partial eigendecomposition and a
+seeded k-means (see ``_spectral_class``).
 
 A request that cannot be met returns what is possible and a ``speaker_count_not_met`` warning that
 says what was asked, what was found and why. ``cluster_speakers`` is a pure function of its inputs:
@@ -38,73 +42,18 @@ from typing import Any
 
 import numpy as np
 
-from funasr_fleet.engine.transcript import TranscriptWarning, WarningCode
+from funasr_fleet.engine.speaker_count import AUTO_MAX_SPEAKERS, NO_REQUEST, SpeakerCount, not_met
+from funasr_fleet.engine.transcript import TranscriptWarning
+
+__all__ = ["ClusterBackendSlot", "Clustering", "SpeakerCount", "cluster_speakers"]
 
 CLUSTERING_VERSION = "fleet-1"  # part of the engine fingerprint: other labels, other results
-MAX_SPEAKERS = 32  # the most a job may ask for (num_speakers / min_speakers / max_speakers)
-AUTO_MAX_SPEAKERS = 15  # FunASR's SpectralCluster default: the eigengap looks at 1..15 speakers
 SMALL_N = 20  # below this FunASR's ClusterBackend returns one speaker; a known count uses agglomerative
 MIN_SPLIT_N = 6  # below this no count is chosen from the data (measured: eigengap splits one voice too often)
 MERGE_COS = 0.78  # FunASR's ClusterBackend merge_thr: speakers whose centroids are this close are one
 MIN_NEIGHBOURS = 6  # FunASR's p-pruning keeps at least this many affinities per row
 WINDOW_S, SHIFT_S = 1.5, 0.75  # FunASR's sv_chunk, for messages
 _ASSIGN_CHUNK = 65536  # rows per block when assigning windows to centroids (bounds the temporary)
-
-
-@dataclass(frozen=True, slots=True)
-class SpeakerCount:
-    """What a job asked for: an exact count, or a range (either end optional), or nothing.
-
-    Values are 1..32; ``exact`` excludes ``min``/``max``; ``min <= max``. Raises ``ValueError``.
-    """
-
-    exact: int | None = None
-    min: int | None = None
-    max: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("exact", "min", "max"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or not 1 <= value <= MAX_SPEAKERS):  # fmt: skip
-                raise ValueError(f"{name} speakers must be an integer from 1 to {MAX_SPEAKERS}, not {value!r}")
-        if self.exact is not None and (self.min is not None or self.max is not None):
-            raise ValueError("an exact speaker count excludes min/max speakers")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min speakers ({self.min}) is greater than max speakers ({self.max})")
-
-    @classmethod
-    def from_options(cls, num: int | None, min_: int | None = None, max_: int | None = None) -> SpeakerCount:
-        """From ``TranscribeOptions``' num/min/max_speakers: an exact count wins over a range."""
-        return cls(exact=num) if num is not None else cls(min=min_, max=max_)
-
-    @property
-    def requested(self) -> bool:
-        return self.exact is not None or self.min is not None or self.max is not None
-
-    def bounds(self) -> tuple[int, int]:
-        """(lowest, highest) count to consider; without an upper bound, FunASR's 15 (or ``min``)."""
-        if self.exact is not None:
-            return self.exact, self.exact
-        low = self.min or 1
-        return low, self.max if self.max is not None else max(AUTO_MAX_SPEAKERS, low)
-
-    def allows(self, speakers: int) -> bool:
-        """Whether ``speakers`` satisfies the request (anything does when nothing was asked)."""
-        if self.exact is not None:
-            return speakers == self.exact
-        return (self.min or 1) <= speakers <= (self.max if self.max is not None else MAX_SPEAKERS)
-
-    def describe(self) -> str:
-        if self.exact is not None:
-            return f"exactly {_speakers(self.exact)}"
-        if self.min is not None and self.max is not None:
-            return f"{self.min} to {self.max} speakers" if self.min != self.max else f"exactly {_speakers(self.min)}"
-        if self.min is not None:
-            return f"at least {_speakers(self.min)}"
-        if self.max is not None:
-            return f"at most {_speakers(self.max)}"
-        return "any number of speakers"
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +76,7 @@ class Clustering:
 
 
 def cluster_speakers(
-    embeddings: np.ndarray, count: SpeakerCount = SpeakerCount(), *, max_dense: int = 2048, seed: int = 0
+    embeddings: np.ndarray, count: SpeakerCount = NO_REQUEST, *, max_dense: int = 2048, seed: int = 0
 ) -> Clustering:
     """Cluster ``embeddings`` (N, D; rows in time order, any scale: compared by cosine) into speakers.
 
@@ -142,7 +91,7 @@ def cluster_speakers(
         raise ValueError(f"max_dense must be at least 64, got {max_dense}")
     n = x.shape[0]
     if n == 0:
-        none = (_not_met(count, 0, "there is no speech to tell speakers apart"),) if count.requested else ()
+        none = (not_met(count, 0, "there is no speech to tell speakers apart"),) if count.requested else ()
         return Clustering(np.zeros(0, dtype=np.int64), none, "empty", 0)
     x = _unit_rows(x)
     sample = time_spread_sample(n, max_dense, seed) if n > max_dense else None
@@ -151,7 +100,7 @@ def cluster_speakers(
     possible = min(len(xs), distinct_rows(xs, limit=high))
     warns: list[TranscriptWarning] = []
     if low > possible:
-        warns.append(_not_met(count, possible, _why_fewer(len(xs), possible)))
+        warns.append(not_met(count, possible, _why_fewer(len(xs), possible)))
         low = high = possible
     high = min(high, possible)
 
@@ -172,26 +121,8 @@ def cluster_speakers(
     labels = first_appearance(labels)
     found = int(labels.max()) + 1
     if not warns and not count.allows(found):  # the checks above make this unreachable; never silent anyway
-        warns.append(_not_met(count, found, "the clustering could not separate more voices"))
+        warns.append(not_met(count, found, "the clustering could not separate more voices"))
     return Clustering(labels, tuple(warns), method, len(xs))
-
-
-def transcript_warnings(
-    count: SpeakerCount, speakers: int, clustering: Clustering | None
-) -> tuple[TranscriptWarning, ...]:
-    """The speaker warnings a transcript carries: the clustering's own, or one when the transcript's
-    ``speakers`` (those holding a sentence) miss a request the clustering met. ``clustering`` is None
-    when nothing was clustered (no speech windows)."""
-    if clustering is not None and clustering.warnings:
-        return clustering.warnings
-    if not count.requested or count.allows(speakers):
-        return ()
-    if clustering is None:
-        return (_not_met(count, speakers, "no speech windows were found to tell speakers apart"),)
-    return (_not_met(count, speakers, (
-        f"the speech windows were clustered into {_speakers(clustering.speakers)}, but only {speakers} of them "
-        "hold a sentence (each sentence goes to the speaker heard most in it, and speaker turns shorter "
-        "than 0.7 s are merged into their neighbours)")),)  # fmt: skip
 
 
 class ClusterBackendSlot:
@@ -207,7 +138,7 @@ class ClusterBackendSlot:
     def __init__(self, *, max_dense: int = 2048, seed: int = 0) -> None:
         self.max_dense = max_dense
         self.seed = seed
-        self.count = SpeakerCount()
+        self.count = NO_REQUEST
         self.last: Clustering | None = None
 
     def reset(self, count: SpeakerCount) -> None:
@@ -351,10 +282,6 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def _speakers(k: int) -> str:
-    return f"{k} speaker" if k == 1 else f"{k} speakers"
-
-
 def _why_fewer(windows: int, distinct: int) -> str:
     speech = f"{windows} speech window" + ("" if windows == 1 else "s") + f" ({WINDOW_S:g} s each, every {SHIFT_S:g} s)"
     if distinct >= windows:
@@ -362,10 +289,3 @@ def _why_fewer(windows: int, distinct: int) -> str:
     if distinct == 1:
         return f"the voice embeddings of all {speech} are identical, so they cannot be split"
     return f"only {distinct} of the {speech} have different voice embeddings"
-
-
-def _not_met(count: SpeakerCount, found: int, why: str) -> TranscriptWarning:
-    return TranscriptWarning(
-        code=WarningCode.SPEAKER_COUNT_NOT_MET.value,
-        message=f"asked for {count.describe()}, found {found}: {why}",
-    )

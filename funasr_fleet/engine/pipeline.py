@@ -28,12 +28,8 @@ from typing import Any
 import numpy as np
 
 from funasr_fleet.engine.audio import SAMPLE_RATE, DecodedAudio, check_length, decode
-from funasr_fleet.engine.clustering import (
-    CLUSTERING_VERSION,
-    ClusterBackendSlot,
-    SpeakerCount,
-    transcript_warnings,
-)
+from funasr_fleet.engine.clustering import CLUSTERING_VERSION, ClusterBackendSlot
+from funasr_fleet.engine.speaker_count import SpeakerCount, transcript_warnings
 from funasr_fleet.engine.threads import configure_threads
 from funasr_fleet.engine.transcript import (
     ModelIdentity,
