@@ -173,6 +173,19 @@ def test_identical_embeddings_cannot_be_split() -> None:
     assert result.speakers == 2 and "only 2 of the 25" in _one_warning(result)
 
 
+def test_zero_embeddings_hold_no_voice() -> None:
+    zeros = np.zeros((10, DIM))
+    result = cluster_speakers(zeros, SpeakerCount(exact=2))
+    assert result.speakers == 1 and "identical" in _one_warning(result)
+    x, truth = voices(20, 2)
+    x[[0, 7, 8]] = 0  # they take the previous voiced window's speaker (the first: the next one's)
+    result = cluster_speakers(x, SpeakerCount(exact=2))
+    assert result.speakers == 2 and result.warnings == ()
+    expected = truth.copy()
+    expected[[0, 7, 8]] = truth[[1, 6, 6]]
+    assert same_partition(result.labels, expected)
+
+
 def test_no_windows() -> None:
     empty = np.zeros((0, DIM), dtype=np.float32)
     assert cluster_speakers(empty).labels.shape == (0,) and cluster_speakers(empty).warnings == ()

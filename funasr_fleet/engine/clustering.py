@@ -93,7 +93,13 @@ def cluster_speakers(
     if n == 0:
         none = (not_met(count, 0, "there is no speech to tell speakers apart"),) if count.requested else ()
         return Clustering(np.zeros(0, dtype=np.int64), none, "empty", 0)
-    x = _unit_rows(x)
+    voiced = np.flatnonzero(np.linalg.norm(x, axis=1) > 0)
+    if 0 < len(voiced) < n:  # a zero embedding holds no voice: it takes the previous voiced window's speaker
+        inner = cluster_speakers(x[voiced], count, max_dense=max_dense, seed=seed)
+        previous = np.maximum(np.searchsorted(voiced, np.arange(n), side="right") - 1, 0)
+        labels = first_appearance(inner.labels[previous])
+        return Clustering(labels, inner.warnings, inner.method, inner.clustered)
+    x = _unit_rows(x if len(voiced) else np.ones_like(x))  # no voice in any window: all alike
     sample = time_spread_sample(n, max_dense, seed) if n > max_dense else None
     xs = _unit_rows((x if sample is None else x[sample]).astype(np.float64))  # the dense method's rows
     low, high = count.bounds()
