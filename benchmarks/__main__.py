@@ -12,6 +12,8 @@ Sections (each also runs alone as ``python -m benchmarks.<name>``):
   copy-on-write (load-then-fork) experiment behind preload's design;
 - ``fleet``: the supervisor's own layout benchmark (threads chosen by the supervisor);
 - ``engine``: the engine alone (load, RTF, RSS, threads-per-process layouts).
+- ``clustering``: FunASR's speaker clustering vs ``cluster_speakers`` (time, peak memory, accuracy by
+  windows and speaker request; few-window false splits/merges).
 
 Headline keys of the JSON: ``fleet_overhead_ratio``, ``scaling_n2_over_n1``, ``overhead_p50_ms``,
 ``overhead_p95_ms``, ``celery_makespan_ratio`` (fleet ÷ Celery), ``rss_per_consumer_mb``,
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("scaling", "overhead", "memory", "fleet", "engine")
+SECTIONS = ("scaling", "overhead", "memory", "fleet", "engine", "clustering")
 HEADLINE = {
     "fleet_overhead_ratio": ("scaling", "fleet_overhead_ratio"),
     "scaling_n2_over_n1": ("scaling", "scaling_n2_over_n1"),

@@ -26,11 +26,13 @@ import numpy as np
 
 from funasr_fleet.engine import hotwords
 from funasr_fleet.engine.audio import SAMPLE_RATE, DecodedAudio, check_length, decode
+from funasr_fleet.engine.clustering import CLUSTERING_VERSION, ClusterBackendSlot
 from funasr_fleet.engine.sentences import SENTENCE_RULES, sentences_from_result
+from funasr_fleet.engine.speaker_count import SpeakerCount, transcript_warnings
 from funasr_fleet.engine.threads import configure_threads
-from funasr_fleet.engine.transcript import ModelIdentity, TranscribeOptions, Transcript
+from funasr_fleet.engine.transcript import ModelIdentity, TranscribeOptions, Transcript, TranscriptWarning, WarningCode
 from funasr_fleet.engine.turns import absorb_noise_label, merge_turns, relabel_speakers
-from funasr_fleet.errors import EngineError, FleetError, ModelLoadError
+from funasr_fleet.errors import EngineError, FleetError, JobError, ModelLoadError
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import EngineSettings
 
@@ -59,6 +61,11 @@ class Engine:
         self._lock = threading.Lock()
         start = time.perf_counter()
         self._model = self._load()
+        # FunASR's ClusterBackend returns one speaker below 20 windows whatever was asked, and has no
+        # ranges: every diarized call clusters through cluster_speakers with that call's request.
+        self._clusters = ClusterBackendSlot()
+        if self._model.spk_model is not None:
+            self._model.cb_model = self._clusters
         self.load_s = time.perf_counter() - start
         self.identity = self._identity()
         log.info(
@@ -131,6 +138,7 @@ class Engine:
             "max_end_silence_ms": self.settings.max_end_silence_ms,
             "turn_gap_s": self.settings.turn_gap_s,
             "sentence_rules": SENTENCE_RULES,
+            "speaker_clustering": CLUSTERING_VERSION,
         }
         fingerprint = hashlib.sha256(json.dumps(digest_input, sort_keys=True).encode()).hexdigest()
         return ModelIdentity(
@@ -163,8 +171,10 @@ class Engine:
     def transcribe(self, audio: AudioInput, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
         """Transcribe one input. Audio errors raise ``AudioError`` subclasses, model failures ``EngineError``."""
         self._check_thread()
+        count = speaker_count(options)
         decoded = self.load_audio(audio)
         start = time.perf_counter()
+        self._clusters.reset(count)
         raw = self._generate(decoded.samples, options)
         pause_ms = self.settings.max_end_silence_ms  # no sentence or turn spans a longer pause
         diarized = options.diarize and self.diarization_available
@@ -172,6 +182,12 @@ class Engine:
         sentences = relabel_speakers(absorb_noise_label(found))
         turns = merge_turns(sentences, gap_ms=int(self.settings.turn_gap_s * 1000), max_pause_ms=pause_ms)
         speakers = tuple(sorted({s.speaker for s in sentences if s.speaker is not None}))
+        warnings: tuple[TranscriptWarning, ...] = ()
+        if diarized:
+            warnings = transcript_warnings(count, len(speakers), self._clusters.last)
+        elif options.diarize and count.requested:
+            warnings = (TranscriptWarning(WarningCode.DIARIZATION_UNAVAILABLE.value,
+                        f"asked for {count.describe()}, but this engine has no speaker model"),)  # fmt: skip
         wall = time.perf_counter() - start
         return Transcript(
             sentences=sentences,
@@ -183,6 +199,7 @@ class Engine:
             language=options.language,
             wall_s=wall,
             decode_s=decoded.decode_s,
+            warnings=warnings,
         )
 
     def _check_thread(self) -> None:
@@ -200,9 +217,7 @@ class Engine:
         cfg: dict[str, Any] = {"batch_size_s": self.settings.batch_size_s}
         if options.language:
             cfg["language"] = options.language
-        diarize = options.diarize and self.diarization_available
-        if diarize and options.num_speakers:
-            cfg["preset_spk_num"] = int(options.num_speakers)
+        diarize = options.diarize and self.diarization_available  # the speaker request goes via self._clusters
         if not diarize and model_has_punc(self._model):
             cfg["sentence_timestamp"] = True  # sentences split at punctuation, with times
         model = self._model
@@ -265,6 +280,14 @@ def resolve_model_ref(value: str, key: str, *, required: bool) -> str | None:
             raise ModelLoadError(f"{env}={value}: not a FunASR model directory (no config.yaml)")
         return str(path)
     return value
+
+
+def speaker_count(options: TranscribeOptions) -> SpeakerCount:
+    """The speaker request of ``options`` (exact count wins over a range); ``JobError`` if invalid."""
+    try:
+        return SpeakerCount.from_options(options.num_speakers, options.min_speakers, options.max_speakers)
+    except ValueError as exc:
+        raise JobError(f"invalid speaker request: {exc}") from exc
 
 
 def model_has_punc(model: Any) -> bool:
