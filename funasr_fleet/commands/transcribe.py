@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-diarize", action="store_true", help="skip speaker diarization")
     parser.add_argument("--language", default=None, help="language hint, for models that take one")
+    parser.add_argument(
+        "--channels", choices=("auto", "mix", "split"), default="auto",
+        help="multichannel audio: mix to mono, split (each channel its own speaker), or auto (default)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         diarize=not args.no_diarize,
         num_speakers=args.num_speakers,
         language=args.language,
+        channels=args.channels,
     )
     try:
         from funasr_fleet.engine.pipeline import Engine
@@ -94,8 +99,8 @@ def transcribe_files(engine: object, files: list[Path], out_dir: Path, formats: 
         if total > 1:
             print(f"{prefix} ...", file=sys.stderr, flush=True)
         try:
-            audio = engine.load_audio(path)
-            transcript = engine.transcribe(audio, options)
+            with engine.load_audio(path) as audio:  # closing deletes the staged samples
+                transcript = engine.transcribe(audio, options)
             stem = _unique_stem(path.stem, used_stems)
             meta = OutputMeta(source=str(path), audio=audio.info.as_dict())
             written = [write_file(fmt, transcript, meta, out_dir / f"{stem}.{fmt}") for fmt in formats]
@@ -118,6 +123,8 @@ def transcribe_files(engine: object, files: list[Path], out_dir: Path, formats: 
             file=sys.stderr,
             flush=True,
         )
+        for warning in transcript.warnings:
+            print(f"{prefix}: warning {warning.code}: {warning.message}", file=sys.stderr, flush=True)
     if total > 1:
         print(
             f"done: {total - failed} ok, {failed} failed, {time.perf_counter() - started:.1f} s",

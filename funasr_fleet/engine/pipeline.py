@@ -27,21 +27,25 @@ from typing import Any
 
 import numpy as np
 
-from funasr_fleet.engine.audio import SAMPLE_RATE, DecodedAudio, check_length, decode
+from funasr_fleet.engine.audio import SAMPLE_RATE, AudioSource, check_length, decode
+from funasr_fleet.engine.channels import plan_channels
+from funasr_fleet.engine.multichannel import channel_options, merge_channels
 from funasr_fleet.engine.threads import configure_threads
 from funasr_fleet.engine.transcript import (
+    ChannelUse,
     ModelIdentity,
     Sentence,
     Token,
     TranscribeOptions,
     Transcript,
+    TranscriptWarning,
     Turn,
 )
 from funasr_fleet.errors import EngineError, FleetError, ModelLoadError
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import EngineSettings
 
-AudioInput = str | Path | DecodedAudio | np.ndarray
+AudioInput = str | Path | AudioSource | np.ndarray
 
 _MIB = 1024 * 1024
 _SMALL_FILE = 4 * _MIB  # hashed whole; larger files: size + first and last MiB (GB weights stay cheap)
@@ -150,12 +154,13 @@ class Engine:
         return self._model.spk_model is not None
 
     # --- inference -----------------------------------------------------------------------------
-    def load_audio(self, audio: AudioInput) -> DecodedAudio:
-        """Decode (paths) or validate (arrays) with this engine's length limits."""
+    def load_audio(self, audio: AudioInput) -> AudioSource:
+        """Decode (paths: staged in the system temp dir) or validate (arrays, sources) with this engine's
+        length limits. The caller closes a source built from a path or array (``with`` works)."""
         s = self.settings
         if isinstance(audio, (str, Path)):
             return decode(audio, min_audio_s=s.min_audio_s, max_audio_s=s.max_audio_s)
-        decoded = audio if isinstance(audio, DecodedAudio) else DecodedAudio.from_array(audio)
+        decoded = audio if isinstance(audio, AudioSource) else AudioSource.from_array(audio)
         check_length(decoded.duration_s, min_audio_s=s.min_audio_s, max_audio_s=s.max_audio_s, name=decoded.info.container)
         return decoded
 
@@ -168,12 +173,41 @@ class Engine:
         return time.perf_counter() - start
 
     def transcribe(self, audio: AudioInput, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
-        """Transcribe one input. Audio errors raise ``AudioError`` subclasses, model failures ``EngineError``."""
+        """Transcribe one input. Audio errors raise ``AudioError`` subclasses, model failures ``EngineError``.
+
+        Channels follow ``options.channels`` (``engine/channels.py``): one transcription of the mix or
+        of one channel, or each channel on its own merged into one timeline (``engine/multichannel.py``).
+        """
         self._check_thread()
-        decoded = self.load_audio(audio)
+        source = self.load_audio(audio)
+        try:
+            use, warnings = plan_channels(source.stats, options.channels)
+            if source.channels > 1:
+                log.info("engine.channels", mode=use.mode, used=list(use.channels), warnings=[w.code for w in warnings],
+                         stats=source.stats.as_dict())  # fmt: skip
+            return self._transcribe_source(source, options, use, warnings)
+        finally:
+            if not isinstance(audio, AudioSource):
+                source.close()  # staged here, for this call only
+
+    def _transcribe_source(
+        self, source: AudioSource, options: TranscribeOptions, use: ChannelUse, warnings: tuple[TranscriptWarning, ...]
+    ) -> Transcript:
+        if use.mode != "split":
+            t = self._transcribe_samples(source.read(channels=use.channels), source.duration_ms, options)
+            return replace(t, decode_s=source.decode_s, warnings=warnings + t.warnings, channel_use=use)
+        per_channel = channel_options(options, len(use.channels))
+        parts = [(c, self._transcribe_samples(source.read_isolated(channel=c), source.duration_ms, per_channel))
+                 for c in use.channels]  # fmt: skip
+        gap_ms = int(self.settings.turn_gap_s * 1000)
+        merged = merge_channels(parts, channel_use=use, warnings=warnings, options=options,
+                                make_turns=lambda sentences: merge_turns(sentences, gap_ms=gap_ms))  # fmt: skip
+        return replace(merged, decode_s=source.decode_s)
+
+    def _transcribe_samples(self, samples: np.ndarray, duration_ms: int, options: TranscribeOptions) -> Transcript:
         start = time.perf_counter()
-        raw = self._generate(decoded.samples, options)
-        sentences = self._sentences(raw, decoded.duration_ms, diarized=options.diarize and self.diarization_available)
+        raw = self._generate(samples, options)
+        sentences = self._sentences(raw, duration_ms, diarized=options.diarize and self.diarization_available)
         turns = merge_turns(sentences, gap_ms=int(self.settings.turn_gap_s * 1000))
         speakers = tuple(sorted({s.speaker for s in sentences if s.speaker is not None}))
         wall = time.perf_counter() - start
@@ -181,12 +215,11 @@ class Engine:
             sentences=sentences,
             turns=turns,
             speakers=speakers,
-            duration_ms=decoded.duration_ms,
+            duration_ms=duration_ms,
             model=self.identity,
             options=options,
             language=options.language,
             wall_s=wall,
-            decode_s=decoded.decode_s,
         )
 
     def _check_thread(self) -> None:
