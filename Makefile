@@ -14,10 +14,17 @@ demo: setup
 down:
 	@.venv/bin/python -m funasr_fleet.devstack down
 
+# Each run gets its own RabbitMQ vhost (unless FLEET_TEST_AMQP_URL names a broker), removed afterwards.
 test: setup
 	@scripts/services.sh rabbitmq
 	@.venv/bin/python -m funasr_fleet dev tiny-models .cache/tiny-models >/dev/null
-	@rc=0; .venv/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; vhost=; \
+	 if [ -z "$${FLEET_TEST_AMQP_URL:-}" ]; then \
+	   vhost=fleet-test-$$$$; scripts/services.sh vhost-add $$vhost; \
+	   export FLEET_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/$$vhost; \
+	 fi; \
+	 .venv/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	 if [ -n "$$vhost" ]; then scripts/services.sh vhost-del $$vhost; fi; \
 	 if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-slow: setup

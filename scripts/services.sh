@@ -22,10 +22,18 @@ rabbit_up() {
   rabbitmqctl await_startup >/dev/null 2>&1 || { sleep 3; rabbitmqctl await_startup; }
 }
 
+# A vhost per test run: parallel suites on one broker never see each other's queues.
+vhost_add() {
+  rabbitmqctl add_vhost "$1" >/dev/null
+  rabbitmqctl set_permissions -p "$1" guest '.*' '.*' '.*' >/dev/null
+}
+
 case "${1:-up}" in
   rabbitmq) rabbit_up ;;
+  vhost-add) vhost_add "$2" ;;
+  vhost-del) rabbitmqctl delete_vhost "$2" >/dev/null 2>&1 || true ;;
   up) rabbit_up
       .venv/bin/python -m funasr_fleet.devstack up ;;
   down) .venv/bin/python -m funasr_fleet.devstack down ;;
-  *) echo "usage: $0 up|down|rabbitmq" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|rabbitmq|vhost-add NAME|vhost-del NAME" >&2; exit 2 ;;
 esac
