@@ -192,6 +192,12 @@ class AudioTooLong(AudioError):
     code = "audio_too_long"
 
 
+class TooManyChannels(AudioError):
+    """The audio has more channels than the engine handles (at most 8)."""
+
+    code = "too_many_channels"
+
+
 class EngineError(FleetError):
     """The model failed on this input."""
 

@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-diarize", action="store_true", help="skip speaker diarization")
     parser.add_argument("--language", default=None, help="language hint, for models that take one")
+    parser.add_argument(
+        "--channels", choices=("auto", "mix", "split"), default="auto",
+        help="multichannel audio: mix to mono, split (each channel its own speaker), or auto (default)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,8 +112,8 @@ def transcribe_files(engine: object, files: list[Path], out_dir: Path, formats: 
         if total > 1:
             print(f"{prefix} ...", file=sys.stderr, flush=True)
         try:
-            audio = engine.load_audio(path)
-            transcript = engine.transcribe(audio, options)
+            with engine.load_audio(path) as audio:  # closing deletes the staged samples
+                transcript = engine.transcribe(audio, options)
             stem = _unique_stem(path.stem, used_stems)
             meta = OutputMeta(source=str(path), audio=audio.info.as_dict())
             written = [write_file(fmt, transcript, meta, out_dir / f"{stem}.{fmt}") for fmt in formats]

@@ -1,75 +1,39 @@
-"""Decode any audio/video file ONCE, with PyAV, to the float32 16 kHz mono array FunASR wants.
+"""Decode any audio/video file ONCE, with PyAV, to 16 kHz samples staged on disk (``AudioSource``).
 
 Why here and not inside FunASR: one decoder for every container (wav, mp3, m4a/aac, mp4/mov video,
 flac, ogg/opus, webm), typed errors with stable codes instead of whatever a library raises, limits
-checked before the expensive work, and bounded memory (one growing float32 buffer; a 45-minute file
-is ~170 MB of samples, never a list of per-frame arrays).
+checked before the expensive work, the channels kept apart (``engine/channels.py`` decides what to
+do with them), and memory that does not grow with duration: samples stream through a 2-second
+buffer into a temporary int16 file (``engine/source.py``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from funasr_fleet.errors import AudioTooLong, AudioTooShort, EmptyAudio, NoAudioStream, UndecodableAudio
+from funasr_fleet.engine.source import MAX_CHANNELS, SAMPLE_RATE, AudioInfo, AudioSource, DecodedAudio, PcmWriter
+from funasr_fleet.errors import (
+    AudioTooLong,
+    AudioTooShort,
+    EmptyAudio,
+    NoAudioStream,
+    TooManyChannels,
+    UndecodableAudio,
+)
 from funasr_fleet.logs import get_logger
 
-SAMPLE_RATE = 16000
+__all__ = [
+    "MAX_CHANNELS", "SAMPLE_RATE", "AudioInfo", "AudioSource", "DecodedAudio", "check_length", "decode", "probe",
+]  # fmt: skip
+
 _MAX_DECODE_ERRORS = 50  # corrupt packets tolerated (skipped, like ffmpeg does) before giving up
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class AudioInfo:
-    """What the container says about the source (cheap: no decoding)."""
-
-    container: str
-    codec: str
-    sample_rate: int
-    channels: int
-    duration_s: float | None  # from metadata; None when the container does not say
-    size_bytes: int
-    has_video: bool = False
-    decode_errors: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (for ``OutputMeta.audio`` and events)."""
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedAudio:
-    samples: np.ndarray = field(repr=False)  # float32, mono, 16 kHz, in [-1, 1]
-    info: AudioInfo
-    decode_s: float = 0.0
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
-
-    @property
-    def duration_ms(self) -> int:
-        return int(round(len(self.samples) * 1000 / SAMPLE_RATE))
-
-    @classmethod
-    def from_array(cls, samples: np.ndarray, source: str = "array") -> DecodedAudio:
-        """Wrap a float32 16 kHz mono array (validated) so it flows like a decoded file."""
-        arr = np.asarray(samples)
-        if arr.ndim != 1:
-            raise UndecodableAudio(f"{source}: expected a 1-D mono array, got shape {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise UndecodableAudio(f"{source}: expected float samples at 16 kHz, got {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        info = AudioInfo(
-            container="array", codec="pcm_f32le", sample_rate=SAMPLE_RATE, channels=1,
-            duration_s=len(arr) / SAMPLE_RATE, size_bytes=arr.nbytes,
-        )  # fmt: skip
-        return cls(arr, info)
 
 
 def _open(path: Path) -> Any:
@@ -121,67 +85,138 @@ def probe(path: Path | str) -> AudioInfo:
 
 
 def decode(
-    path: Path | str, *, min_audio_s: float = 0.0, max_audio_s: float | None = None
-) -> DecodedAudio:
-    """Decode the first audio stream to float32 16 kHz mono.
+    path: Path | str,
+    *,
+    min_audio_s: float = 0.0,
+    max_audio_s: float | None = None,
+    tmp_dir: Path | str | None = None,
+) -> AudioSource:
+    """Decode the first audio stream to 16 kHz, every channel kept, staged in a temporary file.
 
-    Fails fast with ``AudioTooLong`` when the container's duration is already past the limit, and
-    stops decoding as soon as the samples pass it (for containers that lie or do not say).
+    ``tmp_dir``: where the int16 samples are staged (default: the system temp dir); costs
+    115 MB per audio hour per channel. The caller owns the result: ``close()`` it (or ``with``)
+    to free the disk space; garbage collection and process exit free it too.
+
+    Raises ``AudioTooLong`` at once when the container's duration is already past the limit, and
+    as soon as the decoded samples pass it (containers that lie or do not say); ``TooManyChannels``
+    past 8 channels; ``UndecodableAudio``/``NoAudioStream``/``EmptyAudio``/``AudioTooShort``.
+    Up to 50 corrupt packets are skipped (counted in ``info.decode_errors``).
     """
     import av
 
     path = Path(path)
     start = time.perf_counter()
-    with _open(path) as container:
-        info = _info(container, path)
-        if max_audio_s is not None and info.duration_s is not None and info.duration_s > max_audio_s + 0.5:
-            raise AudioTooLong(f"{path.name}: {info.duration_s:.1f} s is longer than the maximum {max_audio_s:g} s")
-        stream = container.streams.audio[0]
-        stream.thread_type = "AUTO"
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        limit = None if max_audio_s is None else int((max_audio_s + 0.5) * SAMPLE_RATE)
-        # sized from the metadata (capped: a header may lie), grown geometrically past that
-        buf = _Buffer(int(min(info.duration_s or 60.0, 3600.0) * SAMPLE_RATE * 1.02) + SAMPLE_RATE)
-        errors = 0
-        packets = container.demux(stream)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                errors += 1
-                if errors > _MAX_DECODE_ERRORS or not buf.size:
-                    raise UndecodableAudio(f"{path.name}: broken media data ({_reason(exc)})") from None
-                break  # demuxer cannot go on after real samples: keep what decoded (truncated upload)
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError:
-                errors += 1
-                if errors > _MAX_DECODE_ERRORS:
-                    raise UndecodableAudio(f"{path.name}: too many undecodable packets") from None
-                continue
-            for frame in frames:
-                for out in resampler.resample(frame):
-                    buf.append(out.to_ndarray().reshape(-1))
-            if limit is not None and buf.size > limit:
-                raise AudioTooLong(f"{path.name}: longer than the maximum {max_audio_s:g} s (stopped decoding)")
-        for out in resampler.resample(None):
-            buf.append(out.to_ndarray().reshape(-1))
-    samples = buf.finish()
+    writer: PcmWriter | None = None
+    try:
+        with _open(path) as container:
+            info = _info(container, path)
+            if max_audio_s is not None and info.duration_s is not None and info.duration_s > max_audio_s + 0.5:
+                raise AudioTooLong(f"{path.name}: {info.duration_s:.1f} s is longer than the maximum {max_audio_s:g} s")
+            _check_channels(info.channels, path.name)
+            stream = container.streams.audio[0]
+            stream.thread_type = "AUTO"
+            convert = _Converter()
+            limit = None if max_audio_s is None else int((max_audio_s + 0.5) * SAMPLE_RATE)
+            errors = 0
+            packets = container.demux(stream)
+            while True:
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    break
+                except av.error.FFmpegError as exc:
+                    errors += 1
+                    if errors > _MAX_DECODE_ERRORS or writer is None or not writer.pending:
+                        raise UndecodableAudio(f"{path.name}: broken media data ({_reason(exc)})") from None
+                    break  # demuxer cannot go on after real samples: keep what decoded (truncated upload)
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError:
+                    errors += 1
+                    if errors > _MAX_DECODE_ERRORS:
+                        raise UndecodableAudio(f"{path.name}: too many undecodable packets") from None
+                    continue
+                for frame in frames:
+                    for block in convert(frame):
+                        if writer is None:
+                            _check_channels(block.shape[1], path.name)
+                            writer = PcmWriter(block.shape[1], tmp_dir)
+                        writer.append(block)
+                if limit is not None and writer is not None and writer.pending > limit:
+                    raise AudioTooLong(f"{path.name}: longer than the maximum {max_audio_s:g} s (stopped decoding)")
+            for block in convert(None):
+                if writer is not None:
+                    writer.append(block)
+        if writer is None or not writer.pending:
+            if errors:
+                raise UndecodableAudio(f"{path.name}: no packet could be decoded")
+            raise EmptyAudio(f"{path.name}: the audio stream holds no samples")
+        store, stats = writer.finish()
+        writer = None
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     if errors:
         log.warning("audio.decode_errors", file=path.name, skipped_packets=errors)
         info = _replace(info, decode_errors=errors)
-    if samples.size == 0:
-        if errors:
-            raise UndecodableAudio(f"{path.name}: no packet could be decoded")
-        raise EmptyAudio(f"{path.name}: the audio stream holds no samples")
-    decoded = DecodedAudio(samples, info, decode_s=time.perf_counter() - start)
-    check_length(decoded.duration_s, min_audio_s=min_audio_s, max_audio_s=max_audio_s, name=path.name)
-    return decoded
+    source = AudioSource(store, info, stats, decode_s=time.perf_counter() - start)
+    try:
+        check_length(source.duration_s, min_audio_s=min_audio_s, max_audio_s=max_audio_s, name=path.name)
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def _check_channels(channels: int, name: str) -> None:
+    if channels > MAX_CHANNELS:
+        raise TooManyChannels(f"{name}: {channels} audio channels; at most {MAX_CHANNELS} are supported")
+
+
+class _Converter:
+    """Decoded frames → float32 ``(n, channels)`` blocks at 16 kHz, channels kept as the first frame has them.
+
+    A stream whose format, layout or rate changes midway (concatenated files, some AAC streams)
+    gets a fresh resampler to the same output layout instead of an error.
+    """
+
+    def __init__(self) -> None:
+        self._resampler: Any = None
+        self._key: tuple[str, str, int] | None = None
+        self._layout: Any = None
+        self._channels = 0
+
+    def __call__(self, frame: Any) -> list[np.ndarray]:
+        import av
+
+        if frame is None:
+            return self._drain()
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        out: list[np.ndarray] = []
+        if self._resampler is None or key != self._key:
+            if self._resampler is not None:
+                out += self._drain()
+            if self._layout is None:
+                self._layout, self._channels = frame.layout, frame.layout.nb_channels
+            self._resampler = av.AudioResampler(format="flt", layout=self._layout, rate=SAMPLE_RATE)
+            self._key = key
+        out += [self._array(o) for o in self._resampler.resample(frame)]
+        return out
+
+    def _drain(self) -> list[np.ndarray]:
+        if self._resampler is None:
+            return []
+        blocks = [self._array(o) for o in self._resampler.resample(None)]
+        self._resampler = None
+        return blocks
+
+    def _array(self, frame: Any) -> np.ndarray:
+        return frame.to_ndarray().reshape(-1, self._channels)  # packed "flt": interleaved samples
 
 
 def check_length(duration_s: float, *, min_audio_s: float, max_audio_s: float | None, name: str) -> None:
+    """Raises ``EmptyAudio`` / ``AudioTooShort`` / ``AudioTooLong`` for a decoded duration (seconds)."""
     if duration_s <= 0:
         raise EmptyAudio(f"{name}: the audio holds no samples")
     if duration_s < min_audio_s:
@@ -192,27 +227,3 @@ def check_length(duration_s: float, *, min_audio_s: float, max_audio_s: float | 
 
 def _replace(info: AudioInfo, **changes: Any) -> AudioInfo:
     return AudioInfo(**{**asdict(info), **changes})
-
-
-class _Buffer:
-    """One float32 array grown geometrically: O(n) copies in total, no per-frame list kept."""
-
-    def __init__(self, capacity: int) -> None:
-        self._data = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
-        self.size = 0
-
-    def append(self, chunk: np.ndarray) -> None:
-        end = self.size + len(chunk)
-        if end > len(self._data):
-            grown = np.empty(max(end, int(len(self._data) * 1.5)), dtype=np.float32)
-            grown[: self.size] = self._data[: self.size]
-            self._data = grown
-        self._data[self.size : end] = chunk
-        self.size = end
-
-    def finish(self) -> np.ndarray:
-        if self.size == len(self._data):
-            return self._data
-        out = self._data[: self.size].copy() if self.size < len(self._data) // 2 else self._data[: self.size]
-        self._data = np.empty(0, dtype=np.float32)
-        return np.clip(out, -1.0, 1.0, out=out) if out.size else out

@@ -19,24 +19,34 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from funasr_fleet.engine import hotwords
-from funasr_fleet.engine.audio import SAMPLE_RATE, DecodedAudio, check_length, decode
+from funasr_fleet.engine.audio import SAMPLE_RATE, AudioSource, check_length, decode
+from funasr_fleet.engine.channels import plan_channels
 from funasr_fleet.engine.clustering import CLUSTERING_VERSION, ClusterBackendSlot
+from funasr_fleet.engine.multichannel import channel_options, merge_channels
 from funasr_fleet.engine.sentences import SENTENCE_RULES, sentences_from_result
 from funasr_fleet.engine.speaker_count import SpeakerCount, transcript_warnings
 from funasr_fleet.engine.threads import configure_threads
-from funasr_fleet.engine.transcript import ModelIdentity, TranscribeOptions, Transcript, TranscriptWarning, WarningCode
+from funasr_fleet.engine.transcript import (
+    ChannelUse,
+    ModelIdentity,
+    TranscribeOptions,
+    Transcript,
+    TranscriptWarning,
+    WarningCode,
+)
 from funasr_fleet.engine.turns import absorb_noise_label, merge_turns, relabel_speakers
 from funasr_fleet.errors import EngineError, FleetError, JobError, ModelLoadError
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import EngineSettings
 
-AudioInput = str | Path | DecodedAudio | np.ndarray
+AudioInput = str | Path | AudioSource | np.ndarray
 
 _MIB = 1024 * 1024
 _SMALL_FILE = 4 * _MIB  # hashed whole; larger files: size + first and last MiB (GB weights stay cheap)
@@ -151,12 +161,13 @@ class Engine:
         return self._model.spk_model is not None
 
     # --- inference -----------------------------------------------------------------------------
-    def load_audio(self, audio: AudioInput) -> DecodedAudio:
-        """Decode (paths) or validate (arrays) with this engine's length limits."""
+    def load_audio(self, audio: AudioInput) -> AudioSource:
+        """Decode (paths: staged in the system temp dir) or validate (arrays, sources) with this engine's
+        length limits. The caller closes a source built from a path or array (``with`` works)."""
         s = self.settings
         if isinstance(audio, (str, Path)):
             return decode(audio, min_audio_s=s.min_audio_s, max_audio_s=s.max_audio_s)
-        decoded = audio if isinstance(audio, DecodedAudio) else DecodedAudio.from_array(audio)
+        decoded = audio if isinstance(audio, AudioSource) else AudioSource.from_array(audio)
         check_length(decoded.duration_s, min_audio_s=s.min_audio_s, max_audio_s=s.max_audio_s, name=decoded.info.container)
         return decoded
 
@@ -169,16 +180,47 @@ class Engine:
         return time.perf_counter() - start
 
     def transcribe(self, audio: AudioInput, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
-        """Transcribe one input. Audio errors raise ``AudioError`` subclasses, model failures ``EngineError``."""
+        """Transcribe one input. Audio errors raise ``AudioError`` subclasses, model failures ``EngineError``.
+
+        Channels follow ``options.channels`` (``engine/channels.py``): one transcription of the mix or
+        of one channel, or each channel on its own merged into one timeline (``engine/multichannel.py``).
+        """
         self._check_thread()
+        speaker_count(options)  # an invalid request fails before decoding
+        source = self.load_audio(audio)
+        try:
+            use, warnings = plan_channels(source.stats, options.channels)
+            if source.channels > 1:
+                log.info("engine.channels", mode=use.mode, used=list(use.channels), warnings=[w.code for w in warnings],
+                         stats=source.stats.as_dict())  # fmt: skip
+            return self._transcribe_source(source, options, use, warnings)
+        finally:
+            if not isinstance(audio, AudioSource):
+                source.close()  # staged here, for this call only
+
+    def _transcribe_source(
+        self, source: AudioSource, options: TranscribeOptions, use: ChannelUse, warnings: tuple[TranscriptWarning, ...]
+    ) -> Transcript:
+        if use.mode != "split":
+            t = self._transcribe_samples(source.read(channels=use.channels), source.duration_ms, options)
+            return replace(t, decode_s=source.decode_s, warnings=warnings + t.warnings, channel_use=use)
+        per_channel = channel_options(options, len(use.channels))
+        parts = [(c, self._transcribe_samples(source.read_isolated(channel=c), source.duration_ms, per_channel))
+                 for c in use.channels]  # fmt: skip
+        gap_ms = int(self.settings.turn_gap_s * 1000)
+        pause_ms = self.settings.max_end_silence_ms
+        merged = merge_channels(parts, channel_use=use, warnings=warnings, options=options,
+                                make_turns=lambda sentences: merge_turns(sentences, gap_ms=gap_ms, max_pause_ms=pause_ms))  # fmt: skip
+        return replace(merged, decode_s=source.decode_s)
+
+    def _transcribe_samples(self, samples: np.ndarray, duration_ms: int, options: TranscribeOptions) -> Transcript:
         count = speaker_count(options)
-        decoded = self.load_audio(audio)
         start = time.perf_counter()
         self._clusters.reset(count)
-        raw = self._generate(decoded.samples, options)
+        raw = self._generate(samples, options)
         pause_ms = self.settings.max_end_silence_ms  # no sentence or turn spans a longer pause
         diarized = options.diarize and self.diarization_available
-        found = sentences_from_result(raw, decoded.duration_ms, diarized=diarized, max_pause_ms=pause_ms)
+        found = sentences_from_result(raw, duration_ms, diarized=diarized, max_pause_ms=pause_ms)
         sentences = relabel_speakers(absorb_noise_label(found))
         turns = merge_turns(sentences, gap_ms=int(self.settings.turn_gap_s * 1000), max_pause_ms=pause_ms)
         speakers = tuple(sorted({s.speaker for s in sentences if s.speaker is not None}))
@@ -193,12 +235,11 @@ class Engine:
             sentences=sentences,
             turns=turns,
             speakers=speakers,
-            duration_ms=decoded.duration_ms,
+            duration_ms=duration_ms,
             model=self.identity,
             options=options,
             language=options.language,
             wall_s=wall,
-            decode_s=decoded.decode_s,
             warnings=warnings,
         )
 
