@@ -12,7 +12,7 @@ from typing import Any
 
 from funasr_fleet.devmodels.files import instantiate, param_count, write_dir
 
-VERSION = "tiny-models-1"
+VERSION = "tiny-models-2"
 SEED = 20261128
 
 # Chinese characters, as paraformer-zh emits them: one token per character, so the punctuation
@@ -138,7 +138,7 @@ def build_punc(path: Path) -> int:
             "output_size": dim,
             "attention_heads": 4,
             "linear_units": 64,
-            "num_blocks": 1,
+            "num_blocks": 2,  # FunASR's ONNX exporter needs a block after the first
             "dropout_rate": 0.1,
             "positional_dropout_rate": 0.1,
             "attention_dropout_rate": 0.0,
