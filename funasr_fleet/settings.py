@@ -57,7 +57,7 @@ class EngineSettings(_Section):
         "none", description="onnx backend only: int8 = dynamically quantised ASR and punctuation weights (the VAD stays fp32)."
     )
     onnx_cache_dir: str | None = Field(
-        None, description="Where ONNX exports are cached; default: <model dir>.onnx/ next to each model (must be writable)."
+        None, description="Where ONNX exports are cached; default: <model dir>-onnx/ next to each model (must be writable)."
     )
     threads: int | None = Field(
         None,

@@ -7,7 +7,7 @@ its tokens/CMVN/other side files, and the ONNX files FunASR's exporter wrote
 (``python -m funasr_fleet.engine.onnx.export``): it needs the torch model in memory (GBs at full
 size), patches torch's exporter, and must not leave threads in a process that may fork later.
 
-Where: ``<model_dir>.onnx/<digest16>-<variant>/`` next to the model, or under
+Where: ``<model_dir>-onnx/<digest16>-<variant>/`` next to the model, or under
 ``engine.onnx_cache_dir`` when set (read-only model mounts). ``digest16`` is the first 16 hex of
 the model directory's digest (the same one the engine fingerprint uses), so changed weights export
 anew and a second start does not export at all. A stamp file written last marks a complete export;
@@ -53,10 +53,12 @@ def quantises(source: str, variant: Variant) -> bool:
 
 def cache_dir(model_dir: Path, digest: str, variant: Variant, *, root: Path | None = None) -> Path:
     """Where the export of ``model_dir`` (content ``digest``) in ``variant`` lives."""
+    # no ".onnx" in any directory name: FunASR's quantiser derives its output path with
+    # str.replace(".onnx", "_quant.onnx") on the whole path
     key = f"{digest[:16]}-{variant}"
     if root is not None:
         return Path(root).expanduser().resolve() / f"{model_dir.name}-{key}"
-    return model_dir.parent / f"{model_dir.name}.onnx" / key
+    return model_dir.parent / f"{model_dir.name}-onnx" / key
 
 
 def exported(model_dir: Path, variant: Variant, *, digest: str, threads: int = 1, root: Path | None = None,
@@ -71,6 +73,9 @@ def exported(model_dir: Path, variant: Variant, *, digest: str, threads: int = 1
         raise ModelLoadError(f"{model_dir}: model class {source} has no ONNX backend here "
                              f"(supported: {', '.join(sorted(ONNX_CLASSES))}); use engine.backend = torch")  # fmt: skip
     target = cache_dir(model_dir, digest, variant, root=root)
+    if ".onnx" in str(target):
+        raise ModelLoadError(f"ONNX export directory {target}: its path must not contain '.onnx' (FunASR's "
+                             "quantiser rewrites every '.onnx' in it); set FLEET_ENGINE__ONNX_CACHE_DIR")  # fmt: skip
     if _complete(target, digest):
         return target
     try:
