@@ -72,6 +72,8 @@ def exported(model_dir: Path, variant: Variant, *, digest: str, threads: int = 1
     if source not in ONNX_CLASSES:
         raise ModelLoadError(f"{model_dir}: model class {source} has no ONNX backend here "
                              f"(supported: {', '.join(sorted(ONNX_CLASSES))}); use engine.backend = torch")  # fmt: skip
+    if not quantises(source, variant):
+        variant = "fp32"  # the same network either way: share one export
     target = cache_dir(model_dir, digest, variant, root=root)
     if ".onnx" in str(target):
         raise ModelLoadError(f"ONNX export directory {target}: its path must not contain '.onnx' (FunASR's "
