@@ -48,10 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-diarize", action="store_true", help="skip speaker diarization")
     parser.add_argument("--language", default=None, help="language hint, for models that take one")
-    parser.add_argument(
-        "--channels", choices=("auto", "mix", "split"), default="auto",
-        help="multichannel audio: mix to mono, split (each channel its own speaker), or auto (default)",
-    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
