@@ -21,7 +21,8 @@ import pytest
 
 from funasr_fleet import intake
 from funasr_fleet.jobs import JobRequest, S3Location, parse_job, parse_s3_uri
-from funasr_fleet.manifest import manifest_key, output_key
+from funasr_fleet.keys import join_key
+from funasr_fleet.manifest import manifest_key
 from funasr_fleet.outputs import rttm_file_id
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
@@ -138,8 +139,8 @@ def test_output_uris_parse_back(key: str) -> None:
     settings = settings_for()
     prefix = intake.output_prefix_for(settings, key)
     for ext in ("json", "srt", "rttm"):
-        uri = f"s3://results/{output_key(prefix, ext)}"
-        assert parse_s3_uri(uri).key == output_key(prefix, ext)
+        key_out = join_key(prefix, f"transcript.{ext}")
+        assert parse_s3_uri(f"s3://results/{key_out}").key == key_out
     assert parse_s3_uri(f"s3://results/{manifest_key(prefix)}").key == manifest_key(prefix)
     assert parse_s3_uri(f"s3://results/{prefix}", allow_empty_key=True).key == prefix
 
@@ -258,7 +259,7 @@ def test_long_keys_get_a_bounded_output_prefix() -> None:
     longest = "k" * 1020 + ".wav"  # S3's limit is 1,024 bytes
     prefix = intake.output_prefix_for(settings, longest)
     assert prefix.startswith(f"results/{intake.LONG_KEYS_DIR}/") and prefix == intake.output_prefix_for(settings, longest)
-    assert len(output_key(prefix, "json").encode()) <= 1024
+    assert len(join_key(prefix, "transcript.json").encode()) <= 1024
     assert intake.output_prefix_for(settings, longest[:-5] + "x.wav") != prefix
     mirrored = "é" * 400 + ".wav"  # 804 bytes: still mirrored
     assert intake.output_prefix_for(settings, mirrored) == f"results/{mirrored}"
