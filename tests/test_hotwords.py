@@ -82,13 +82,13 @@ def test_job_options_store_sanitized_hotwords() -> None:
     [
         (
             ["w"] * (MAX_HOTWORDS + 1),
-            f"options.hotwords: Value error, {MAX_HOTWORDS + 1} hotwords; the limit is {MAX_HOTWORDS}",
+            f"options.hotwords: {MAX_HOTWORDS + 1} hotwords; the limit is {MAX_HOTWORDS}",
         ),
         (
             ["q" * (MAX_HOTWORD_CHARS + 1)],
-            f"options.hotwords: Value error, hotword 0 is {MAX_HOTWORD_CHARS + 1} characters long",
+            f"options.hotwords: hotword 0 is {MAX_HOTWORD_CHARS + 1} characters long",
         ),
-        ([1], "options.hotwords: Value error, hotword 0 is not a string"),
+        ([1], "options.hotwords: hotword 0 is not a string"),
         ("one string", "options.hotwords: Input should be a valid list"),
     ],
 )

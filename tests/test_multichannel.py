@@ -20,7 +20,7 @@ SPLIT = ChannelUse("split", (0, 1))
 
 
 def turns(sentences: tuple[Sentence, ...]):  # type: ignore[no-untyped-def]
-    return merge_turns(sentences, gap_ms=1000)
+    return merge_turns(sentences, gap_ms=1000, max_pause_ms=1000)
 
 
 def part(*sentences: tuple[int, int, str, int | None], wall: float = 1.0, warnings: tuple = ()) -> Transcript:
