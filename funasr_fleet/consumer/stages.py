@@ -23,7 +23,7 @@ from funasr_fleet.consumer.context import JobContext, JobPlan, Outcome
 from funasr_fleet.consumer.settle import Settler
 from funasr_fleet.consumer.watchdog import deadline_at
 from funasr_fleet.engine.audio import decode, probe
-from funasr_fleet.engine.transcript import TranscribeOptions, Transcript
+from funasr_fleet.engine.transcript import Transcript
 from funasr_fleet.errors import ObjectNotFound, WriteConflict
 from funasr_fleet.keys import join_key
 from funasr_fleet.manifest import Manifest, ManifestInput, manifest_key
@@ -120,20 +120,19 @@ class JobStages:
         if info.duration_s:
             self._set_deadline(ctx, info.duration_s)
         engine_settings = settings.engine
-        decoded = decode(source.path, min_audio_s=engine_settings.min_audio_s, max_audio_s=engine_settings.max_audio_s)
-        self._set_deadline(ctx, decoded.duration_s)
-        self.announcer.progress(ctx, "decoded")
-        source.path.unlink(missing_ok=True)  # the samples are in memory now
-        options = TranscribeOptions(
-            hotwords=tuple(job.options.hotwords),
-            diarize=job.options.diarize,
-            num_speakers=job.options.num_speakers,
-            language=job.options.language,
-        )
-        transcript = self.engine.transcribe(decoded, options)
+        # Staged next to the download so the job's staging cleanup frees the disk too.
+        with decode(
+            source.path, min_audio_s=engine_settings.min_audio_s, max_audio_s=engine_settings.max_audio_s,
+            tmp_dir=staging,
+        ) as decoded:  # fmt: skip
+            self._set_deadline(ctx, decoded.duration_s)
+            self.announcer.progress(ctx, "decoded")
+            source.path.unlink(missing_ok=True)  # the decoded samples are all the engine reads from here
+            transcript = self.engine.transcribe(decoded, job.options.transcribe_options())
+            audio_meta = decoded.info.as_dict()
         ctx.check_cancelled()
         self.announcer.progress(ctx, "transcribed")
-        return Produced(transcript, decoded.info.as_dict(), None, source, key)
+        return Produced(transcript, audio_meta, None, source, key)
 
     def upload(self, ctx: JobContext, plan: JobPlan, produced: Produced) -> list[str]:
         """Every output format under the job's prefix (and the reuse cache entry); returns their s3:// URIs."""
@@ -178,6 +177,7 @@ class JobStages:
             real_time_factor=round(rtf, 5),
             engine_fingerprint=plan.fingerprint,
             reused=produced.reused,
+            warnings=[events.WarningInfo(code=w.code, message=w.message) for w in transcript.warnings],
         )
         source = produced.source
         manifest = Manifest(
