@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about 10 minutes on 2 idle cores)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the printed tables here too")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections (default: {','.join(SECTIONS)})")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections (default: {','.join(SECTIONS)})"
+    )
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SECTIONS]

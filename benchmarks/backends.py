@@ -111,7 +111,9 @@ def marks(text: str) -> list[str]:
 
 
 # --- the run ------------------------------------------------------------------------------------
-def run(quick: bool = False, size: str = "tiny", layouts: tuple[tuple[int, int], ...] = ((1, 2), (2, 1))) -> dict[str, Any]:
+def run(
+    quick: bool = False, size: str = "tiny", layouts: tuple[tuple[int, int], ...] = ((1, 2), (2, 1))
+) -> dict[str, Any]:
     from benchmarks.engine import speech
 
     seconds = (30 if size == "full" else 60) if quick else 120
@@ -156,7 +158,9 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", "| parity | tokens | identical tokens | punctuation agrees |", "|---|---|---|---|"]
     for p in result["parity"]:
         punct = "-" if p["punctuation_agrees"] is None else f"{100 * p['punctuation_agrees']:.1f} %"
-        lines.append(f"| {p['b']} vs {p['a']} | {p['tokens_b']} vs {p['tokens_a']} | {100 * p['identical']:.1f} % | {punct} |")
+        lines.append(
+            f"| {p['b']} vs {p['a']} | {p['tokens_b']} vs {p['tokens_a']} | {100 * p['identical']:.1f} % | {punct} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -258,7 +258,9 @@ def clean_env(settings: Any | None = None, **extra: str) -> dict[str, str]:
 class Fleet:
     """`python -m funasr_fleet supervise` as a real process, watched through its /status endpoint."""
 
-    def __init__(self, settings: Any, consumers: int, threads: int, workdir: Path, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Any, consumers: int, threads: int, workdir: Path, *, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.consumers = consumers
         self.threads = threads
@@ -471,8 +473,9 @@ def run_fleet_batch(settings: Any, s3: S3, keys: Sequence[str], consumers: int, 
             makespan_s=last - t0,
             jobs=len(ids),
             failed=sum(1 for f in finals if f.kind != "succeeded"),
-            inference_s=[float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0)
-                         for f in finals],  # fmt: skip
+            inference_s=[
+                float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0) for f in finals
+            ],  # fmt: skip
             latency_s=[f.at - jobs.submitted_at[f.job_id] for f in finals],
             audio_s=sum(float(f.data.get("audio_duration_s") or 0) for f in finals),
         )

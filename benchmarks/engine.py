@@ -135,9 +135,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "import_s": single["import_s"],
         "load_s": single["load_s"],
         "peak_rss_mib": single["peak_rss_mib"],
-        "rtf": [
-            {**r, "rtf": r["wall_s"] / r["audio_s"]} for r in single["runs"]
-        ],
+        "rtf": [{**r, "rtf": r["wall_s"] / r["audio_s"]} for r in single["runs"]],
         "layouts": layouts,
     }
 
@@ -153,7 +151,9 @@ def render(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in result["rtf"]:
-        lines.append(f"| {r['audio_s']:.0f} s | {r['wall_s']:.2f} | {r['decode_s']:.3f} | {r['rtf']:.4f} | {r['sentences']} |")
+        lines.append(
+            f"| {r['audio_s']:.0f} s | {r['wall_s']:.2f} | {r['decode_s']:.3f} | {r['rtf']:.4f} | {r['sentences']} |"
+        )
     lines += [
         "",
         "| layout | audio per proc | slowest proc wall s | throughput (audio s / s) |",

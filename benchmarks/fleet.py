@@ -155,7 +155,14 @@ def tables(result: dict[str, Any]) -> str:
     out += "\n" + common.table(
         f"per-job overhead, one consumer, jobs sent one at a time ({result['overhead_samples']} jobs)",
         ["overhead p50 ms", "overhead p95 ms", "inference p50 ms", "N=2 speed-up over N=1"],
-        [(result["overhead_p50_ms"], result["overhead_p95_ms"], result["inference_p50_ms"], result["speedup_n2_over_n1"])],
+        [
+            (
+                result["overhead_p50_ms"],
+                result["overhead_p95_ms"],
+                result["inference_p50_ms"],
+                result["speedup_n2_over_n1"],
+            )
+        ],
     )
     return out
 

@@ -8,7 +8,17 @@ both with SIGHUP, drains with SIGTERM, and shows the negative control: a fork of
 process cannot use CUDA (why consumers are fresh interpreters). Needs torch with CUDA, pydantic,
 pydantic-settings, structlog and prometheus-client; PYTHONPATH=<repo>. Not a test: prints a report.
 """
-import glob, json, os, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 
 CONSUMER = r'''"""Stand-in consumer that really uses CUDA: heartbeat contract + a GPU matmul 'job'."""
 import json, os, signal, sys, time
@@ -61,8 +71,10 @@ CONSUMER_PATH = os.path.join(tempfile.mkdtemp(prefix="gpu-consumer-"), "gpu_cons
 open(CONSUMER_PATH, "w").write(CONSUMER)
 report = {}
 
+
 def log(msg):
     print(f"[gpu-check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
 
 def fork_after_cuda():
     """Negative control: a fork of a CUDA-initialised process cannot use CUDA."""
@@ -78,21 +90,32 @@ def fork_after_cuda():
         "print(q.get(timeout=5))\n"
     )
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
-    return (r.stdout.strip() or r.stderr.strip()[-300:])
+    return r.stdout.strip() or r.stderr.strip()[-300:]
+
 
 def free_port():
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def main() -> None:
     global port, state
     port = free_port()
     state = "/tmp/gpucheck-state"
-    env = {**os.environ, "FLEET_SUPERVISOR__HTTP_HOST": "127.0.0.1", "FLEET_SUPERVISOR__HTTP_PORT": str(port),
-           "FLEET_SUPERVISOR__STATE_DIR": state, "FLEET_LOG__FORMAT": "json",
-           "FLEET_SUPERVISOR__RESTART_BACKOFF_BASE_S": "0.2", "FLEET_SUPERVISOR__HEARTBEAT_TIMEOUT_S": "10"}
-    launcher = ("import argparse, sys; from funasr_fleet.commands import supervise; p = argparse.ArgumentParser(); "
-                "supervise.add_arguments(p); sys.exit(supervise.run(p.parse_args(sys.argv[1:])))")
+    env = {
+        **os.environ,
+        "FLEET_SUPERVISOR__HTTP_HOST": "127.0.0.1",
+        "FLEET_SUPERVISOR__HTTP_PORT": str(port),
+        "FLEET_SUPERVISOR__STATE_DIR": state,
+        "FLEET_LOG__FORMAT": "json",
+        "FLEET_SUPERVISOR__RESTART_BACKOFF_BASE_S": "0.2",
+        "FLEET_SUPERVISOR__HEARTBEAT_TIMEOUT_S": "10",
+    }
+    launcher = (
+        "import argparse, sys; from funasr_fleet.commands import supervise; p = argparse.ArgumentParser(); "
+        "supervise.add_arguments(p); sys.exit(supervise.run(p.parse_args(sys.argv[1:])))"
+    )
     cmd = [PY, "-c", launcher, "--consumers", "2", "--threads", "4", "--consumer-command", f"{PY} {CONSUMER_PATH}"]
     logf = open(os.path.join(OUT, "supervisor.log"), "wb")
     t_start = time.monotonic()
@@ -106,7 +129,9 @@ def main() -> None:
             return {}
 
     def ready_pids():
-        return sorted(c["pid"] for c in status().get("consumers", []) if c["serving"] and c["state"] in ("ready", "busy"))
+        return sorted(
+            c["pid"] for c in status().get("consumers", []) if c["serving"] and c["state"] in ("ready", "busy")
+        )
 
     def wait(pred, timeout, what):
         end = time.monotonic() + timeout
@@ -121,7 +146,8 @@ def main() -> None:
         out = {}
         for p in glob.glob(f"{state}/run-*/heartbeats/*.json"):
             try:
-                b = json.load(open(p)); out[b["pid"]] = b
+                b = json.load(open(p))
+                out[b["pid"]] = b
             except Exception:
                 pass
         return out
@@ -133,19 +159,23 @@ def main() -> None:
             return False
 
     try:
-        first = wait(lambda: (p if len(p := ready_pids()) == 2 else None), 180, "2 ready consumers")
+        first = wait(lambda: p if len(p := ready_pids()) == 2 else None, 180, "2 ready consumers")
         report["boot_to_2_ready_s"] = round(time.monotonic() - t_start, 2)
         report["consumers_first"] = [beats().get(p) for p in first]
         log(f"ready: {report['consumers_first']}")
         os.kill(first[0], signal.SIGKILL)
-        second = wait(lambda: (p if len(p := ready_pids()) == 2 and first[0] not in p else None), 120, "replacement")
+        second = wait(lambda: p if len(p := ready_pids()) == 2 and first[0] not in p else None, 120, "replacement")
         report["after_sigkill"] = [beats().get(p) for p in second]
         sup.send_signal(signal.SIGHUP)
-        rolled = wait(lambda: (p if len(p := ready_pids()) == 2 and not set(p) & set(second) else None), 180, "rolling")
+        rolled = wait(lambda: p if len(p := ready_pids()) == 2 and not set(p) & set(second) else None, 180, "rolling")
         wait(lambda: not any(alive(p) for p in second), 60, "old drained")
         report["after_rolling"] = [beats().get(p) for p in rolled]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            report["metrics"] = [l for l in r.read().decode().splitlines() if l.startswith(("fleet_consumer_restarts_total", "fleet_consumers_"))]
+            report["metrics"] = [
+                l
+                for l in r.read().decode().splitlines()
+                if l.startswith(("fleet_consumer_restarts_total", "fleet_consumers_"))
+            ]
         t0 = time.monotonic()
         sup.send_signal(signal.SIGTERM)
         report["supervisor_exit"] = sup.wait(60)

@@ -42,7 +42,9 @@ def fleet_memory(counts: list[int], jobs_per_consumer: int = 2, preload: str = "
         key = s3.upload(src, "memory/clip10.wav")
         for n in counts:
             # restarts without backoff: "kill → replaced" then measures the boot itself
-            settings = common.bench_settings(s3, threads=1, supervisor={"preload": preload, "restart_backoff_base_s": 0.01})
+            settings = common.bench_settings(
+                s3, threads=1, supervisor={"preload": preload, "restart_backoff_base_s": 0.01}
+            )
             got: dict[str, Any] = {}
 
             def read(fleet: common.Fleet) -> None:
@@ -103,6 +105,7 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from funasr_fleet.engine.pipeline import Engine
+
     engine = Engine(common.engine_settings(config["parent_threads"]))
     clip = config["clip"]
 
@@ -247,10 +250,29 @@ def run(quick: bool = True) -> dict[str, Any]:
 def tables(result: dict[str, Any]) -> str:
     text = common.table(
         "Memory per consumer (tiny models, after jobs ran); preload = fork adds the zygote to ΣPSS",
-        ["preload", "consumers", "RSS/consumer MiB", "PSS/consumer MiB", "USS/consumer MiB", "ΣPSS MiB (+zygote)",
-         "batch makespan s", "kill → replaced ready s"],
-        [(r["preload"], r["consumers"], r["rss_mb_each"], r["pss_mb_each"], r["uss_mb_each"], r["fleet_pss_mb"],
-          r["makespan_s"], r["replace_s"]) for r in [*result["rows"], *result.get("preload_rows", [])]],  # fmt: skip
+        [
+            "preload",
+            "consumers",
+            "RSS/consumer MiB",
+            "PSS/consumer MiB",
+            "USS/consumer MiB",
+            "ΣPSS MiB (+zygote)",
+            "batch makespan s",
+            "kill → replaced ready s",
+        ],
+        [
+            (
+                r["preload"],
+                r["consumers"],
+                r["rss_mb_each"],
+                r["pss_mb_each"],
+                r["uss_mb_each"],
+                r["fleet_pss_mb"],
+                r["makespan_s"],
+                r["replace_s"],
+            )
+            for r in [*result["rows"], *result.get("preload_rows", [])]
+        ],  # fmt: skip
     )
     text += f"\nextra consumer / first consumer (PSS, fresh interpreters): **{result['extra_consumer_rss_fraction']:.2f}**\n"
     if "preload_saving_mb_n2" in result:
@@ -266,11 +288,27 @@ def tables(result: dict[str, Any]) -> str:
 
     text += common.table(
         "Copy-on-write experiment: load the model once, fork 2 children",
-        ["parent threads → child", "gc.freeze", "ok (no hang, identical output)", "children hung", "child USS MiB",
-         "child PSS MiB", "zygote+children ΣPSS MiB"],
-        [(f"{c['parent_threads']} → {c['child_threads']}", c["gc_freeze"], c.get("ok"), c.get("hung", c.get("error", "")),
-          avg(c.get("child_uss_mb", [])), avg(c.get("child_pss_mb", [])), c.get("total_pss_mb", float("nan")))
-         for c in result["cow"]],  # fmt: skip
+        [
+            "parent threads → child",
+            "gc.freeze",
+            "ok (no hang, identical output)",
+            "children hung",
+            "child USS MiB",
+            "child PSS MiB",
+            "zygote+children ΣPSS MiB",
+        ],
+        [
+            (
+                f"{c['parent_threads']} → {c['child_threads']}",
+                c["gc_freeze"],
+                c.get("ok"),
+                c.get("hung", c.get("error", "")),
+                avg(c.get("child_uss_mb", [])),
+                avg(c.get("child_pss_mb", [])),
+                c.get("total_pss_mb", float("nan")),
+            )
+            for c in result["cow"]
+        ],  # fmt: skip
     )
     if "cow_saving_vs_two_consumers_mb" in result:
         text += (f"\n2 forked children (with zygote) vs 2 fresh consumers: saves "

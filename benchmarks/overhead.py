@@ -59,8 +59,9 @@ def fleet_batch_on(jobs: common.Jobs, s3: common.S3, keys: list[str], timeout: f
     return {
         "makespan_s": max(f.at for f in finals) - t0,
         "failed": sum(1 for f in finals if f.kind != "succeeded"),
-        "inference_s": [float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0)
-                        for f in finals],  # fmt: skip
+        "inference_s": [
+            float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0) for f in finals
+        ],  # fmt: skip
     }
 
 
@@ -152,15 +153,26 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
         "batch_jobs": k,
         "workers": cores,
         "rounds": rounds,
-        "fleet": {**fleet_o, "makespan_s": fb_makespan, "makespans_s": [round(b["makespan_s"], 2) for b in fleet_rounds],
-                  "failed": sum(b["failed"] for b in fleet_rounds),
-                  "batch_inference_mean_s": sum(fb_inf) / len(fb_inf),
-                  "rss_mb": avg(fleet_mem, "rss_mb"), "pss_mb": avg(fleet_mem, "pss_mb"),
-                  "parent_rss_mb": supervisor_mem.get("rss_mb", float("nan"))},  # fmt: skip
-        "celery": {**celery_o, "makespan_s": cb_makespan, "makespans_s": [round(b["makespan_s"], 2) for b in celery_rounds],
-                   "failed": 0, "batch_inference_mean_s": sum(cb_inf) / len(cb_inf),
-                   "rss_mb": avg(celery_mem, "rss_mb"), "pss_mb": avg(celery_mem, "pss_mb"),
-                   "parent_rss_mb": celery_parent.get("rss_mb", float("nan"))},  # fmt: skip
+        "fleet": {
+            **fleet_o,
+            "makespan_s": fb_makespan,
+            "makespans_s": [round(b["makespan_s"], 2) for b in fleet_rounds],
+            "failed": sum(b["failed"] for b in fleet_rounds),
+            "batch_inference_mean_s": sum(fb_inf) / len(fb_inf),
+            "rss_mb": avg(fleet_mem, "rss_mb"),
+            "pss_mb": avg(fleet_mem, "pss_mb"),
+            "parent_rss_mb": supervisor_mem.get("rss_mb", float("nan")),
+        },  # fmt: skip
+        "celery": {
+            **celery_o,
+            "makespan_s": cb_makespan,
+            "makespans_s": [round(b["makespan_s"], 2) for b in celery_rounds],
+            "failed": 0,
+            "batch_inference_mean_s": sum(cb_inf) / len(cb_inf),
+            "rss_mb": avg(celery_mem, "rss_mb"),
+            "pss_mb": avg(celery_mem, "pss_mb"),
+            "parent_rss_mb": celery_parent.get("rss_mb", float("nan")),
+        },  # fmt: skip
         "overhead_p50_ms": fleet_o["overhead_p50_ms"],
         "overhead_p95_ms": fleet_o["overhead_p95_ms"],
         "celery_makespan_ratio": fb_makespan / cb_makespan,

@@ -139,8 +139,7 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> str:
     rows = [
-        (r["layout"], r["makespan_s"], r["jobs_per_min"], r["audio_x_realtime"], r["failed"])
-        for r in result["rows"]
+        (r["layout"], r["makespan_s"], r["jobs_per_min"], r["audio_x_realtime"], r["failed"]) for r in result["rows"]
     ]
     text = common.table(
         f"Scaling: {result['jobs']} jobs x {result['clip_s']:.0f} s audio on {result['cores']} cores",

@@ -599,9 +599,9 @@ def wait(
     ``output`` is the job's output prefix when it is not the default ``results_prefix/<job_id>``.
     Events published before this call are not seen, so the manifest is checked again on timeout.
     """
-    location = (
-        parse_s3_uri(output, allow_empty_key=True) if isinstance(output, str) else output
-    ) or _default_output(settings, job_id)
+    location = (parse_s3_uri(output, allow_empty_key=True) if isinstance(output, str) else output) or _default_output(
+        settings, job_id
+    )
     with EventWatcher(settings) as watcher:
         done = _from_manifest(settings, job_id, location)
         if done is not None:
@@ -632,6 +632,4 @@ def _from_manifest(settings: Settings, job_id: str, location: S3Location) -> Job
     except ValidationError:
         log.warning("the manifest's warnings are unreadable", job_id=job_id, warnings=repr(raw_warnings)[:500])
         warnings = []
-    return JobResult(
-        job_id=job_id, status="succeeded", outputs=list(manifest.get("outputs") or []), warnings=warnings
-    )
+    return JobResult(job_id=job_id, status="succeeded", outputs=list(manifest.get("outputs") or []), warnings=warnings)

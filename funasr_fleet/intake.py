@@ -266,9 +266,7 @@ def _now_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _claim(
-    settings: Settings, storage: Storage, job: JobRequest, now: float
-) -> tuple[str, dict[str, Any] | None]:
+def _claim(settings: Settings, storage: Storage, job: JobRequest, now: float) -> tuple[str, dict[str, Any] | None]:
     """Take the right to enqueue ``job`` now: ("claimed", marker) or (why not, None)."""
     bucket, key = settings.s3.results_bucket, marker_key(str(job.job_id))
     marker: dict[str, Any] = {

@@ -23,9 +23,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer]
-        if use_json
-        else [*shared, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, renderer] if use_json else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,

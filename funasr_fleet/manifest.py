@@ -68,9 +68,7 @@ def _etag(value: str | None) -> str:
     return (value or "").strip('"')
 
 
-def same_bytes(
-    etag_a: str | None, sha256_a: str | None, etag_b: str | None, sha256_b: str | None
-) -> bool | None:
+def same_bytes(etag_a: str | None, sha256_a: str | None, etag_b: str | None, sha256_b: str | None) -> bool | None:
     """Whether two sightings of an object hold the same bytes: True/False, or None when unknown.
 
     SHA-256 decides when both sides have one (the consumer hashes what it downloads); otherwise

@@ -106,7 +106,9 @@ class SeaweedServer:
         self.weed = weed or find_weed()
         self._auto_ports = not ports  # picked by us: may be re-picked if another process grabs one first
         self._started_once = False
-        self.ports: dict[str, int] = dict(ports) if ports else dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), host)))
+        self.ports: dict[str, int] = (
+            dict(ports) if ports else dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), host)))
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None  # set also when adopted from a pidfile
 

@@ -38,15 +38,16 @@ class EngineSettings(_Section):
         description="ASR model: a FunASR/ModelScope model name, or an absolute local directory.",
     )
     vad_model: str = Field("fsmn-vad", description="VAD model name or absolute directory.")
-    punc_model: str = Field(
-        "ct-punc", description="Punctuation model name or absolute directory; empty disables it."
-    )
+    punc_model: str = Field("ct-punc", description="Punctuation model name or absolute directory; empty disables it.")
     spk_model: str = Field(
         "cam++", description="Speaker-embedding model name or absolute directory; empty disables diarization."
     )
-    hub: Literal["ms", "hf"] = Field("ms", description="Model hub used for model names (ms=ModelScope, hf=HuggingFace).")
+    hub: Literal["ms", "hf"] = Field(
+        "ms", description="Model hub used for model names (ms=ModelScope, hf=HuggingFace)."
+    )
     model_cache_dir: str | None = Field(
-        None, description="Where downloaded models are cached (sets MODELSCOPE_CACHE / HF_HOME); default: the hub's own."
+        None,
+        description="Where downloaded models are cached (sets MODELSCOPE_CACHE / HF_HOME); default: the hub's own.",
     )
     device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:0 ...")
     backend: Literal["torch", "onnx"] = Field(
@@ -54,10 +55,12 @@ class EngineSettings(_Section):
         description="Inference backend: torch (FunASR as is) or onnx (VAD, ASR and punctuation in ONNX Runtime, exported once by FunASR's exporter and cached; speakers stay torch).",
     )
     quantize: Literal["none", "int8"] = Field(
-        "none", description="onnx backend only: int8 = dynamically quantised ASR and punctuation weights (the VAD stays fp32)."
+        "none",
+        description="onnx backend only: int8 = dynamically quantised ASR and punctuation weights (the VAD stays fp32).",
     )
     onnx_cache_dir: str | None = Field(
-        None, description="Where ONNX exports are cached; default: <model dir>-onnx/ next to each model (must be writable)."
+        None,
+        description="Where ONNX exports are cached; default: <model dir>-onnx/ next to each model (must be writable).",
     )
     threads: int | None = Field(
         None,
@@ -66,7 +69,9 @@ class EngineSettings(_Section):
     )
     batch_size_s: int = Field(300, ge=1, description="FunASR dynamic batch size, in seconds of audio.")
     max_end_silence_ms: int = Field(
-        800, ge=0, description="VAD: silence (ms) that ends a segment. FunASR's dynamic default ignores pauses under ~2 s."
+        800,
+        ge=0,
+        description="VAD: silence (ms) that ends a segment. FunASR's dynamic default ignores pauses under ~2 s.",
     )
     turn_gap_s: float = Field(
         3.0, ge=0, description="Consecutive sentences of one speaker closer than this merge into one turn."
@@ -103,7 +108,10 @@ class AmqpSettings(_Section):
         5, ge=1, description="Quorum x-delivery-limit: deliveries (crashes included) before a message dead-letters."
     )
     max_priority: int = Field(
-        0, ge=0, le=10, description="0: no priorities. Quorum queues on RabbitMQ 3.10 ignore x-max-priority (see README)."
+        0,
+        ge=0,
+        le=10,
+        description="0: no priorities. Quorum queues on RabbitMQ 3.10 ignore x-max-priority (see README).",
     )
     control_exchange: str = Field(
         "fleet.control", description="Topic exchange of control broadcasts to running consumers (cancel.<job_id>)."
@@ -119,7 +127,9 @@ class AmqpSettings(_Section):
         "`queued` for jobs published straight to AMQP. Empty = off.",
     )
     observed_max_length: int = Field(
-        100_000, ge=1, description="Cap on observed_queue; the oldest copies are dropped (those jobs read `unknown` until they start)."
+        100_000,
+        ge=1,
+        description="Cap on observed_queue; the oldest copies are dropped (those jobs read `unknown` until they start).",
     )
 
 
@@ -179,7 +189,9 @@ class ConsumerSettings(_Section):
     delete_source: bool = Field(False, description="Delete the source object after a successful job.")
     tmp_dir: Path | None = Field(None, description="Where audio is staged; default: the system temp dir.")
     progress_events: bool = Field(True, description="Publish job.progress events at each stage.")
-    boot_timeout_s: float = Field(60.0, gt=0, description="Give up (boot-failure exit) if the broker is unreachable this long at start.")
+    boot_timeout_s: float = Field(
+        60.0, gt=0, description="Give up (boot-failure exit) if the broker is unreachable this long at start."
+    )
     heartbeat_file: Path | None = Field(None, description="Touched from the connection loop; set by the supervisor.")
 
 
@@ -198,7 +210,9 @@ class SupervisorSettings(_Section):
     restart_backoff_max_s: float = Field(60.0, gt=0, description="Cap on the restart delay.")
     max_boot_failures: int = Field(3, ge=1, description="Consecutive boot failures that halt the supervisor.")
     crash_window_s: float = Field(300.0, gt=0, description="Window for counting runtime crashes.")
-    max_crashes_in_window: int = Field(10, ge=1, description="Runtime crashes within the window that halt the supervisor.")
+    max_crashes_in_window: int = Field(
+        10, ge=1, description="Runtime crashes within the window that halt the supervisor."
+    )
     state_dir: Path | None = Field(None, description="Heartbeat files and metrics shards; default: a temp dir.")
     boot_timeout_s: float = Field(
         600.0, gt=0, description="A booting consumer (loading its model) silent this long is killed as hung."
@@ -241,7 +255,9 @@ class JobsSettings(_Section):
         "the model call and exits (replaced, not counted as a crash).",
     )
     cancel_poll_s: float = Field(
-        15.0, gt=0, description="A busy consumer re-reads the job's cancel marker this often (the broadcast is the fast path)."
+        15.0,
+        gt=0,
+        description="A busy consumer re-reads the job's cancel marker this often (the broadcast is the fast path).",
     )
 
 
@@ -272,21 +288,29 @@ class WebhookSettings(_Section):
         description="Hosts webhooks may go to: exact names or *.domain; empty = any host (still public addresses only).",
     )
     allow_private_networks: bool = Field(
-        False, description="Allow private, loopback, link-local and other non-global addresses (never for job callbacks you do not trust)."
+        False,
+        description="Allow private, loopback, link-local and other non-global addresses (never for job callbacks you do not trust).",
     )
     retry_schedule_s: list[float] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
         description="Delay before each retry of a failed delivery (about 22 h in all); then the webhook dead-letter queue.",
     )
     connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of one delivery.")
-    timeout_s: float = Field(15.0, gt=0, description="Total time one delivery may take (a slower receiver is retried later).")
-    ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) trusted besides the system's, for receivers with a private CA.")
+    timeout_s: float = Field(
+        15.0, gt=0, description="Total time one delivery may take (a slower receiver is retried later)."
+    )
+    ca_file: Path | None = Field(
+        None, description="Extra CA bundle (PEM) trusted besides the system's, for receivers with a private CA."
+    )
     queue_prefix: str = Field(
-        "fleet.webhooks", description="Names of the relay's exchange and queues: <prefix>.events, .deliveries, .delay.<ms>ms, .dlq."
+        "fleet.webhooks",
+        description="Names of the relay's exchange and queues: <prefix>.events, .deliveries, .delay.<ms>ms, .dlq.",
     )
     concurrency: int = Field(4, ge=1, le=64, description="Deliveries one `funasr-fleet notify` process makes at once.")
     max_backlog: int = Field(
-        1_000_000, ge=1, description="Events waiting for the relay beyond this go to its dead-letter queue (never slow the consumers)."
+        1_000_000,
+        ge=1,
+        description="Events waiting for the relay beyond this go to its dead-letter queue (never slow the consumers).",
     )
 
     @field_validator("retry_schedule_s")

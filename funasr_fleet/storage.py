@@ -393,9 +393,7 @@ class Storage:
 
     def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         with _s3_errors("upload", bucket, key):
-            resp = self._client.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-            )
+            resp = self._client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
     def _abort(self, bucket: str, key: str, upload_id: str) -> None:
@@ -426,9 +424,7 @@ class Storage:
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> ObjectInfo:
         """Server-side copy (objects up to 5 GiB; outputs and audio are far smaller)."""
         with _s3_errors("copy", src_bucket, src_key):
-            self._client.copy_object(
-                Bucket=dst_bucket, Key=dst_key, CopySource={"Bucket": src_bucket, "Key": src_key}
-            )
+            self._client.copy_object(Bucket=dst_bucket, Key=dst_key, CopySource={"Bucket": src_bucket, "Key": src_key})
         return self.head(dst_bucket, dst_key)
 
     def delete(self, bucket: str, key: str) -> None:

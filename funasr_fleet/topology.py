@@ -197,7 +197,9 @@ def delete(channel: BlockingChannel, amqp: AmqpSettings, consumer: ConsumerSetti
     """
     import pika.exceptions
 
-    queues = [amqp.jobs_queue, amqp.dead_letter_queue, amqp.announce_queue] + [t.queue for t in retry_tiers(amqp, consumer)]
+    queues = [amqp.jobs_queue, amqp.dead_letter_queue, amqp.announce_queue] + [
+        t.queue for t in retry_tiers(amqp, consumer)
+    ]
     if amqp.observed_queue:
         queues.append(amqp.observed_queue)
     exchanges = [

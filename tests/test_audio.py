@@ -231,10 +231,14 @@ def test_45_minutes_decode_with_bounded_memory(tmp_path: Path) -> None:
 
     wav = synth_speech(tmp_path / "long.wav", 45 * 60)
     m4a = tmp_path / "long.m4a"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "48k", str(m4a)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "48k", str(m4a)], check=True
+    )
     duration, rss_mib = _decode_peak_rss(m4a, tmp_path)
     assert duration >= 45 * 60 - 1
-    print(f"45 min decode: peak RSS {rss_mib:.0f} MiB (float32 mono samples would be {duration * 4 / 2**20 * SAMPLE_RATE:.0f} MiB)")
+    print(
+        f"45 min decode: peak RSS {rss_mib:.0f} MiB (float32 mono samples would be {duration * 4 / 2**20 * SAMPLE_RATE:.0f} MiB)"
+    )
     assert rss_mib < 250, rss_mib
 
 
@@ -246,7 +250,9 @@ def _decode_peak_rss(path: Path, tmp_dir: Path) -> tuple[float, float]:
         "a=decode(sys.argv[1], tmp_dir=sys.argv[2]);"
         "print(a.duration_s, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_dir)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_dir)], capture_output=True, text=True, check=True
+    )
     duration, rss_kib = out.stdout.split()
     return float(duration), int(rss_kib) / 1024
 

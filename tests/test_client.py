@@ -85,7 +85,10 @@ class StandIn:
                                     warnings=warnings if outcome == "warned" else [])  # fmt: skip
             send(events.succeeded(data, SOURCE), reply=True)
         else:
-            send(events.failed(job_id, SOURCE, code=outcome, message="stand-in says no", attempt=1, metadata=meta), reply=True)
+            send(
+                events.failed(job_id, SOURCE, code=outcome, message="stand-in says no", attempt=1, metadata=meta),
+                reply=True,
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -153,7 +156,9 @@ def test_failed_job_and_wait_timeout(settings: Settings, stand_in: Callable[...,
         assert time.monotonic() - started < 15
 
 
-def test_wait_survives_a_lost_connection(settings: Settings, storage: Storage, stand_in: Callable[..., StandIn]) -> None:
+def test_wait_survives_a_lost_connection(
+    settings: Settings, storage: Storage, stand_in: Callable[..., StandIn]
+) -> None:
     stand_in(lambda job: "silent")  # the final event never comes: only the manifest can tell
     with Client(settings) as fleet:
         job_id = fleet.submit("s3://calls/lost.wav")
@@ -206,7 +211,9 @@ def test_broker_unreachable_is_transient(settings: Settings) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dead = settings.model_copy(
-        update={"amqp": settings.amqp.model_copy(update={"url": pika_url(f"amqp://guest:secretpw@127.0.0.1:{port}/%2F")})}
+        update={
+            "amqp": settings.amqp.model_copy(update={"url": pika_url(f"amqp://guest:secretpw@127.0.0.1:{port}/%2F")})
+        }
     )
     with pytest.raises(BrokerUnavailable) as err:
         client.submit(dead, "s3://calls/x.wav")
@@ -266,7 +273,9 @@ def run_cli(settings: Settings, *args: str, timeout: float = 180) -> subprocess.
     )
 
 
-def test_cli_submit_passes_job_options_and_prints_warnings(settings: Settings, stand_in: Callable[..., StandIn]) -> None:
+def test_cli_submit_passes_job_options_and_prints_warnings(
+    settings: Settings, stand_in: Callable[..., StandIn]
+) -> None:
     worker = stand_in(lambda job: "warned")
     proc = run_cli(settings, "submit", "s3://calls/2026/b.wav", "--wait", "--no-progress", "--timeout", "60",
                    "--channels", "split", "--min-speakers", "2", "--max-speakers", "3")  # fmt: skip
@@ -294,13 +303,20 @@ def test_cli_submit_wait_upload_and_failure_with_the_real_consumer(
         assert ok.returncode == 0, ok.stderr[-3000:]
         lines = ok.stdout.strip().splitlines()
         uris = lines[1:]
-        assert [u.rsplit("/", 1)[1] for u in uris] == ["transcript.json", "transcript.srt", "transcript.vtt", MANIFEST_NAME]
+        assert [u.rsplit("/", 1)[1] for u in uris] == [
+            "transcript.json",
+            "transcript.srt",
+            "transcript.vtt",
+            MANIFEST_NAME,
+        ]
         for uri in uris:
             bucket, _, key = uri.removeprefix("s3://").partition("/")
             assert storage.exists(bucket, key), uri
         assert "%" in ok.stderr  # the progress bar
 
-        up = run_cli(s, "submit", str(audio_dir / "dialogue.wav"), "--upload", "--wait", "--no-progress", "--timeout", "150")
+        up = run_cli(
+            s, "submit", str(audio_dir / "dialogue.wav"), "--upload", "--wait", "--no-progress", "--timeout", "150"
+        )
         assert up.returncode == 0, up.stderr[-3000:]
         up_uris = [line for line in up.stdout.splitlines() if line.startswith("s3://")]
         assert up_uris[-1].endswith(MANIFEST_NAME)

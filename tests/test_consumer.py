@@ -89,7 +89,9 @@ class Broker:
             checked = len(self.seen)
             if not self._pull():
                 if time.monotonic() > end:
-                    raise AssertionError(f"no {what} within {timeout} s; seen: {[(e.kind, e.subject) for e in self.seen]}")
+                    raise AssertionError(
+                        f"no {what} within {timeout} s; seen: {[(e.kind, e.subject) for e in self.seen]}"
+                    )
                 self.conn.sleep(0.05)
 
     def final(self, job_id: str, timeout: float = 120.0) -> events.CloudEvent:
@@ -155,7 +157,9 @@ def consumer_thread(settings: Settings, before_connect: Callable[[], None] | Non
     box: dict[str, Any] = {}
 
     def target() -> None:
-        box["code"] = run_consumer(settings, on_loop=lambda loop: box.setdefault("loop", loop), before_connect=before_connect)
+        box["code"] = run_consumer(
+            settings, on_loop=lambda loop: box.setdefault("loop", loop), before_connect=before_connect
+        )
 
     t = threading.Thread(target=target, name="test-consumer", daemon=True)
     t.start()
@@ -188,7 +192,9 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 
 @pytest.fixture
-def consumer_settings(fleet_settings: Callable[..., Settings], engine_env: dict[str, str], tmp_path: Path) -> Callable[..., Settings]:
+def consumer_settings(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], tmp_path: Path
+) -> Callable[..., Settings]:
     """fleet_settings + tiny engine + a heartbeat file + quick retries (per-section overrides deep-merge)."""
 
     def make(**overrides: Any) -> Settings:
@@ -220,7 +226,10 @@ def broker_for() -> Iterator[Callable[[Settings], Broker]]:
 
 # --- tests ---------------------------------------------------------------------------------------
 def test_happy_path_every_format_reply_to_and_progress(
-    consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage, audio_dir: Path
+    consumer_settings: Callable[..., Settings],
+    broker_for: Callable[[Settings], Broker],
+    storage: Storage,
+    audio_dir: Path,
 ) -> None:
     s = consumer_settings()
     broker = broker_for(s)
@@ -273,7 +282,10 @@ def test_happy_path_every_format_reply_to_and_progress(
 
 
 def test_redelivery_is_answered_from_the_manifest(
-    consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage, audio_dir: Path
+    consumer_settings: Callable[..., Settings],
+    broker_for: Callable[[Settings], Broker],
+    storage: Storage,
+    audio_dir: Path,
 ) -> None:
     s = consumer_settings(consumer={"result_reuse": False})
     broker = broker_for(s)
@@ -302,7 +314,10 @@ def test_redelivery_is_answered_from_the_manifest(
 
 
 def test_result_reuse_by_content(
-    consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage, audio_dir: Path
+    consumer_settings: Callable[..., Settings],
+    broker_for: Callable[[Settings], Broker],
+    storage: Storage,
+    audio_dir: Path,
 ) -> None:
     s = consumer_settings(consumer={"result_reuse": True})
     broker = broker_for(s)
@@ -364,11 +379,31 @@ def test_bad_inputs_fail_with_stable_codes_and_dead_letter(
         ("missing-object", job_body(f"s3://{inbox}/nope.wav", "missing-object"), "object_not_found"),
         ("too-large", job_body(put("big.wav", b"\0" * 1_200_000), "too-large"), "object_too_large"),
         ("empty", job_body(put("empty.wav", b""), "empty"), "empty_object"),
-        ("not-audio", job_body(put("text.wav", (audio_dir / "not_audio.wav").read_bytes()), "not-audio"), "undecodable_audio"),
-        ("corrupt", job_body(put("corrupt.mp3", (audio_dir / "corrupt.mp3").read_bytes()), "corrupt"), "undecodable_audio"),
-        ("no-stream", job_body(put("video.mp4", (audio_dir / "no_audio.mp4").read_bytes()), "no-stream"), "no_audio_stream"),
-        ("too-short", job_body(put("short.wav", (audio_dir / "short.wav").read_bytes()), "too-short"), "audio_too_short"),
-        ("too-long", job_body(put("long.wav", (audio_dir / "dialogue.wav").read_bytes()), "too-long"), "audio_too_long"),
+        (
+            "not-audio",
+            job_body(put("text.wav", (audio_dir / "not_audio.wav").read_bytes()), "not-audio"),
+            "undecodable_audio",
+        ),
+        (
+            "corrupt",
+            job_body(put("corrupt.mp3", (audio_dir / "corrupt.mp3").read_bytes()), "corrupt"),
+            "undecodable_audio",
+        ),
+        (
+            "no-stream",
+            job_body(put("video.mp4", (audio_dir / "no_audio.mp4").read_bytes()), "no-stream"),
+            "no_audio_stream",
+        ),
+        (
+            "too-short",
+            job_body(put("short.wav", (audio_dir / "short.wav").read_bytes()), "too-short"),
+            "audio_too_short",
+        ),
+        (
+            "too-long",
+            job_body(put("long.wav", (audio_dir / "dialogue.wav").read_bytes()), "too-long"),
+            "audio_too_long",
+        ),
         ("escape", job_body(wav, "escape", output=f"s3://{results}/a/../../b"), "output_prefix_invalid"),
         ("format", job_body(wav, "format", formats=["docx"]), "unsupported_format"),
     ]
@@ -394,7 +429,10 @@ def test_bad_inputs_fail_with_stable_codes_and_dead_letter(
 
 
 def test_bucket_notification_becomes_jobs(
-    consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage, audio_dir: Path
+    consumer_settings: Callable[..., Settings],
+    broker_for: Callable[[Settings], Broker],
+    storage: Storage,
+    audio_dir: Path,
 ) -> None:
     from funasr_fleet import intake
 
@@ -406,7 +444,10 @@ def test_bucket_notification_becomes_jobs(
     def record(k: str, etag: str) -> dict[str, Any]:
         return {
             "eventName": "s3:ObjectCreated:Put",
-            "s3": {"bucket": {"name": s.s3.inbox_bucket}, "object": {"key": k.replace(" ", "+"), "size": 1, "eTag": etag}},
+            "s3": {
+                "bucket": {"name": s.s3.inbox_bucket},
+                "object": {"key": k.replace(" ", "+"), "size": 1, "eTag": etag},
+            },
         }
 
     note = {"EventName": "s3:ObjectCreated:Put", "Key": f"{s.s3.inbox_bucket}/{key}",

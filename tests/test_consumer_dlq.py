@@ -85,7 +85,9 @@ def test_dlq_list_and_replay(
 
 
 # --- what `dlq list` shows as the error (issue 16) -------------------------------------------------------
-PHASE2_DLQ = "phase 2: the consumer must set x-fleet-error-code/-message when it dead-letters (a nack cannot carry headers)"
+PHASE2_DLQ = (
+    "phase 2: the consumer must set x-fleet-error-code/-message when it dead-letters (a nack cannot carry headers)"
+)
 
 
 def _dead_letter_raw(settings: Settings, messages: list[tuple[bytes, str, dict[str, object]]]) -> None:
@@ -139,7 +141,10 @@ def test_dlq_list_shows_the_error_and_the_object(fleet_settings: Callable[..., S
     try:
         ch = conn.channel()
         ch.confirm_delivery()
-        headers = {topology.ERROR_CODE_HEADER: "undecodable_audio", topology.ERROR_MESSAGE_HEADER: "ffmpeg: invalid data"}
+        headers = {
+            topology.ERROR_CODE_HEADER: "undecodable_audio",
+            topology.ERROR_MESSAGE_HEADER: "ffmpeg: invalid data",
+        }
         ch.basic_publish(s.amqp.dead_letter_exchange, topology.DEAD_LETTER_ROUTING_KEY,
                          json.dumps({**good_job, "job_id": "dl-copied"}).encode(),
                          pika.BasicProperties(delivery_mode=2, message_id="dl-copied", headers=headers), mandatory=True)  # fmt: skip
@@ -148,7 +153,10 @@ def test_dlq_list_shows_the_error_and_the_object(fleet_settings: Callable[..., S
     rows = {d.message_id: d for d in dlq.list_dead(s)}
     assert len(rows) == 9 and all(d.reason == "rejected" for d in rows.values())
     assert (rows["dl-copied"].last_error, rows["dl-copied"].error_source, rows["dl-copied"].deaths) == (
-        "undecodable_audio", "header", 0)
+        "undecodable_audio",
+        "header",
+        0,
+    )
 
     def shows(mid: str, code: str | None, source: str | None, kind: str) -> None:
         d = rows[mid]

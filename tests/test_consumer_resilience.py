@@ -46,7 +46,10 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _rabbit_env(key: str, value: int) -> None:
     subprocess.run(
-        ["rabbitmqctl", "eval", f"application:set_env(rabbit, {key}, {value})."], check=True, capture_output=True, timeout=60
+        ["rabbitmqctl", "eval", f"application:set_env(rabbit, {key}, {value})."],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
 
 
@@ -107,13 +110,17 @@ def test_s3_outage_is_retried_until_it_succeeds(
     unique: str,
 ) -> None:
     s3 = {
-        **own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=5.0, max_attempts=1).model_dump(exclude_none=True),
+        **own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=5.0, max_attempts=1).model_dump(
+            exclude_none=True
+        ),
         "access_key": own_s3_server.access_key,
         "secret_key": own_s3_server.secret_key,
         "results_bucket": f"t-{unique}-own-results",
         "inbox_bucket": f"t-{unique}-own-inbox",
     }
-    s = consumer_settings(s3=s3, consumer={"retry_base_delay_s": 1.0, "retry_max_delay_s": 4.0, "retry_max_attempts": 10})
+    s = consumer_settings(
+        s3=s3, consumer={"retry_base_delay_s": 1.0, "retry_max_delay_s": 4.0, "retry_max_attempts": 10}
+    )
     own = Storage(s.s3)
     own.ensure_bucket(s.s3.results_bucket)
     own.ensure_bucket(s.s3.inbox_bucket)
@@ -292,13 +299,17 @@ def test_transient_failures_dead_letter_when_attempts_run_out(
     unique: str,
 ) -> None:
     s3 = {
-        **own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=5.0, max_attempts=1).model_dump(exclude_none=True),
+        **own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=5.0, max_attempts=1).model_dump(
+            exclude_none=True
+        ),
         "access_key": own_s3_server.access_key,
         "secret_key": own_s3_server.secret_key,
         "results_bucket": f"t-{unique}-gone-results",
         "inbox_bucket": f"t-{unique}-gone-inbox",
     }
-    s = consumer_settings(s3=s3, consumer={"retry_base_delay_s": 0.3, "retry_max_delay_s": 0.6, "retry_max_attempts": 3})
+    s = consumer_settings(
+        s3=s3, consumer={"retry_base_delay_s": 0.3, "retry_max_delay_s": 0.6, "retry_max_attempts": 3}
+    )
     broker = broker_for(s)
     with consumer_thread(s):
         own_s3_server.stop()  # and never back

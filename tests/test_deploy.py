@@ -149,7 +149,9 @@ def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
 def test_dockerfile_passes_hadolint() -> None:
     result = subprocess.run(
         [tool("hadolint"), "--no-color", "--failure-threshold", "info", str(ROOT / "Dockerfile")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
 
@@ -165,8 +167,11 @@ def test_dockerfile_structure() -> None:
     instructions = dockerfile_instructions()
     froms = [rest for op, rest in instructions if op == "FROM"]
     assert len(froms) >= 2, "multi-stage build expected"
-    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] if "=" in rest else None
-            for op, rest in instructions if op == "ARG"}
+    args = {
+        rest.split("=", 1)[0]: rest.split("=", 1)[1] if "=" in rest else None
+        for op, rest in instructions
+        if op == "ARG"
+    }
     base = args.get("PYTHON_IMAGE") or ""
     assert base.startswith("python:3.11") and "slim" in base, f"slim Python 3.11 base expected, got {base!r}"
     assert froms[0].startswith("${PYTHON_IMAGE}") and froms[-1].startswith("${PYTHON_IMAGE}")
@@ -323,7 +328,9 @@ def test_compose_requires_secrets_from_the_environment() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     for service in compose_raw()["services"].values():
         for key, value in compose_env(service).items():
-            if (re.search(r"PASSWORD|SECRET", key) and not key.endswith("_FILE")) or re.search(r"://[^:/]+:[^@]+@", value):
+            if (re.search(r"PASSWORD|SECRET", key) and not key.endswith("_FILE")) or re.search(
+                r"://[^:/]+:[^@]+@", value
+            ):
                 assert "${" in value, f"{key} must come from the environment, not the file"
     assert "change-me" not in json.dumps(compose_raw()), "placeholders belong in deploy/compose.env.example"
     example = (ROOT / "deploy/compose.env.example").read_text()
@@ -503,12 +510,20 @@ def validate_k8s(doc: dict[str, Any]) -> None:
     if group == "keda.sh":
         assert doc["apiVersion"] == "keda.sh/v1alpha1"
         schema = keda_schema(doc["kind"])
-        errors = [f"{'/'.join(map(str, e.path))}: {e.message}"
-                  for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+        errors = [
+            f"{'/'.join(map(str, e.path))}: {e.message}"
+            for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)
+        ]
         assert not errors, f"{name}:\n" + "\n".join(errors)
         if doc["kind"] == "ScaledJob":  # the vendored schema reduces jobTargetRef: check it as a batch/v1 Job
-            validate_k8s({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"},
-                          "spec": doc["spec"]["jobTargetRef"]})
+            validate_k8s(
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": {"name": "x"},
+                    "spec": doc["spec"]["jobTargetRef"],
+                }
+            )
         return
     try:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -805,7 +820,10 @@ def test_webhooks_overlay_adds_the_notify_relay(monkeypatch: pytest.MonkeyPatch)
     mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
     paths = {f"{mount['mountPath']}/{i['path']}": i["key"] for i in volume["secret"]["items"]}
     assert paths[str(s.webhooks.secret_file)] in secrets[volume["secret"]["secretName"]]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True and pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert (
+        container["securityContext"]["readOnlyRootFilesystem"] is True
+        and pod["spec"]["securityContext"]["runAsNonRoot"]
+    )
     # the relay's pods are neither scraped as consumers nor counted by the fleet's PDB and Service
     labels = pod["metadata"]["labels"]
     for kind in ("Service", "PodDisruptionBudget"):

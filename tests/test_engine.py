@@ -126,7 +126,9 @@ def test_silence_gives_an_empty_valid_transcript(backend_engine: Engine, audio_d
     [("short.wav", AudioTooShort), ("not_audio.wav", UndecodableAudio), ("no_audio.mp4", NoAudioStream),
      ("empty.wav", EmptyAudio), ("corrupt.mp3", UndecodableAudio)],
 )  # fmt: skip
-def test_bad_audio_raises_typed_errors(backend_engine: Engine, audio_dir: Path, name: str, error: type[Exception]) -> None:
+def test_bad_audio_raises_typed_errors(
+    backend_engine: Engine, audio_dir: Path, name: str, error: type[Exception]
+) -> None:
     with pytest.raises(error):
         backend_engine.transcribe(audio_dir / name)
 

@@ -71,7 +71,11 @@ def minio_body(
                 "s3": {
                     "s3SchemaVersion": "1.0",
                     "configurationId": "Config",
-                    "bucket": {"name": bucket, "ownerIdentity": {"principalId": "minioadmin"}, "arn": f"arn:aws:s3:::{bucket}"},
+                    "bucket": {
+                        "name": bucket,
+                        "ownerIdentity": {"principalId": "minioadmin"},
+                        "arn": f"arn:aws:s3:::{bucket}",
+                    },
                     "object": obj,
                 },
                 "source": {"host": "172.17.0.1", "port": "", "userAgent": "MinIO (linux; amd64) minio-go/v7.0.66"},
@@ -118,7 +122,9 @@ def test_keys_are_url_decoded(encoded: str, decoded: str) -> None:
 def test_same_object_same_job_new_version_new_job() -> None:
     settings = settings_for()
     a = one_job(parse_notification(minio_body("inbox", "x.wav"), settings))
-    b = one_job(parse_notification(minio_body("inbox", "x.wav", event="s3:ObjectCreated:CompleteMultipartUpload"), settings))
+    b = one_job(
+        parse_notification(minio_body("inbox", "x.wav", event="s3:ObjectCreated:CompleteMultipartUpload"), settings)
+    )
     c = one_job(parse_notification(minio_body("inbox", "x.wav", etag='"ffff0000ffff0000ffff0000ffff0000"'), settings))
     assert a.job_id == b.job_id
     assert c.job_id != a.job_id
@@ -224,8 +230,22 @@ def _without(path: tuple[str, ...]) -> dict[str, Any]:
         _without(("s3", "bucket")),
         _without(("s3", "object", "key")),
         {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "inbox"}, "object": {"key": 5}}}]},
-        {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a.wav", "size": "big"}}}]},
-        {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a.wav", "size": -1}}}]},
+        {
+            "Records": [
+                {
+                    "eventName": "s3:ObjectCreated:Put",
+                    "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a.wav", "size": "big"}},
+                }
+            ]
+        },
+        {
+            "Records": [
+                {
+                    "eventName": "s3:ObjectCreated:Put",
+                    "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a.wav", "size": -1}},
+                }
+            ]
+        },
     ],
 )
 def test_malformed_notifications_raise(body: dict[str, Any]) -> None:
@@ -303,7 +323,9 @@ def test_sweep_enqueues_once_and_skips_finished(storage: Storage, sweep_settings
     assert again.recent == 4 and again.done == 1 and again.enqueued == 0
 
     # The same object announced by a bucket event is the same job (one id, one output prefix).
-    from_event = parse_notification(minio_body(s.s3.inbox_bucket, "calls%2Fa.wav", etag=storage.head(s.s3.inbox_bucket, "calls/a.wav").etag), s)
+    from_event = parse_notification(
+        minio_body(s.s3.inbox_bucket, "calls%2Fa.wav", etag=storage.head(s.s3.inbox_bucket, "calls/a.wav").etag), s
+    )
     assert isinstance(from_event, list) and from_event[0].job_id == a and from_event[0].output == job_a.output
     assert intake.job_ids_for_inbox_key(s, storage, "calls/a.wav") == [a]
     assert intake.job_ids_for_inbox_key(s, storage, "calls/notes.txt") == []
@@ -387,7 +409,9 @@ def test_bucket_drop_and_sweep_with_the_real_consumer(
     wav = (audio_dir / "dialogue.wav").read_bytes()
     announced = storage.put_bytes(s.s3.inbox_bucket, "drops/team call 1.wav", wav, content_type="audio/wav")
     storage.put_bytes(s.s3.inbox_bucket, "drops/lost event.wav", wav[:-2000], content_type="audio/wav")
-    body = minio_body(s.s3.inbox_bucket, quote_plus("drops/team call 1.wav"), size=announced.size, etag=f'"{announced.etag}"')
+    body = minio_body(
+        s.s3.inbox_bucket, quote_plus("drops/team call 1.wav"), size=announced.size, etag=f'"{announced.etag}"'
+    )
 
     with consumer_thread(s), EventWatcher(s) as watcher:
         conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
@@ -458,7 +482,10 @@ def case_event(name: str, bucket: str, etag: str | None = None) -> dict[str, Any
     [
         *[(f"s3:ObjectCreated:{k}", EventClass.CONTENT) for k in ("Put", "Post", "Copy", "CompleteMultipartUpload")],
         *[(f"ObjectCreated:{k}", EventClass.CONTENT) for k in ("Put", "Post", "Copy", "CompleteMultipartUpload")],
-        *[(f"s3:ObjectCreated:{k}", EventClass.METADATA) for k in ("PutTagging", "DeleteTagging", "PutRetention", "PutLegalHold")],
+        *[
+            (f"s3:ObjectCreated:{k}", EventClass.METADATA)
+            for k in ("PutTagging", "DeleteTagging", "PutRetention", "PutLegalHold")
+        ],
         ("s3:ObjectCreated:PutObjectLockRetention", EventClass.UNKNOWN_CREATED),
         ("s3:ObjectCreated:SomethingNew", EventClass.UNKNOWN_CREATED),
         ("s3:ObjectCreated:*", EventClass.UNKNOWN_CREATED),
@@ -557,7 +584,10 @@ def test_resolve_notification_keeps_record_etags_and_mixes(storage: Storage, swe
     body["Records"] += minio_body(inbox, "m%2Fa.wav", event="s3:ObjectCreated:PutTagging", etag="", size=0)["Records"]
     jobs = intake.resolve_notification(body, s, storage)
     assert isinstance(jobs, list)
-    assert [j.job_id for j in jobs] == [job_id_for_object(inbox, "m/a.wav", a.etag), job_id_for_object(inbox, "m/b b.wav", b.etag)]
+    assert [j.job_id for j in jobs] == [
+        job_id_for_object(inbox, "m/a.wav", a.etag),
+        job_id_for_object(inbox, "m/b b.wav", b.etag),
+    ]
 
 
 # --- the sweep and jobs enqueued by bucket events ------------------------------------------------------
@@ -578,7 +608,9 @@ def test_sweep_skips_objects_the_fan_out_recorded(storage: Storage, sweep_settin
     assert report.recent == 1 and report.enqueued == 1
 
 
-def test_sweep_re_enqueues_event_jobs_after_the_window(storage: Storage, fleet_settings: Callable[..., Settings]) -> None:
+def test_sweep_re_enqueues_event_jobs_after_the_window(
+    storage: Storage, fleet_settings: Callable[..., Settings]
+) -> None:
     s = fleet_settings(with_engine=False, intake={"sweep_recent_s": 0})
     info = storage.put_bytes(s.s3.inbox_bucket, "late.wav", b"RIFF late")
     job = intake.job_for_object(s, s.s3.inbox_bucket, "late.wav", info.etag)
@@ -654,7 +686,9 @@ def test_a_refused_fan_out_is_retried_not_dead_lettered(
     )  # fmt: skip
     inbox = s.s3.inbox_bucket
     wav = (audio_dir / "dialogue.wav").read_bytes()
-    infos = {k: storage.put_bytes(inbox, k, wav[: len(wav) - i * 1000]) for i, k in enumerate(["full/a.wav", "full/b.wav"])}
+    infos = {
+        k: storage.put_bytes(inbox, k, wav[: len(wav) - i * 1000]) for i, k in enumerate(["full/a.wav", "full/b.wav"])
+    }
     note = minio_body(inbox, quote_plus("full/a.wav"), etag=infos["full/a.wav"].etag)
     note["Records"] += minio_body(inbox, quote_plus("full/b.wav"), etag=infos["full/b.wav"].etag)["Records"]
     jobs = parse_notification(note, s)
@@ -671,7 +705,9 @@ def test_a_refused_fan_out_is_retried_not_dead_lettered(
                      f"^{re.escape(s.amqp.jobs_queue)}$", json.dumps({"max-length": 0}))  # fmt: skip
         try:
             with consumer_thread(s):
-                first = broker.wait_event(lambda e: e.subject == "note-full", timeout=120, what="the notification's outcome")
+                first = broker.wait_event(
+                    lambda e: e.subject == "note-full", timeout=120, what="the notification's outcome"
+                )
                 assert first.kind == "progress" and first.data.stage == "retrying", (first.kind, first.data.error)
                 assert first.data.error is not None and first.data.error.code == "broker_unavailable"
                 _rabbitmqctl("clear_policy", "-p", vhost, policy)
@@ -735,7 +771,9 @@ def test_metadata_events_after_an_upload_start_nothing(
             for i, note in enumerate(notes):
                 _publish_note(s, note, f"note-meta-{i}")
             # a job published after the notes finishes after them (one consumer, prefetch 1, FIFO)
-            broker.publish({"job_id": "after-notes", "audio": f"s3://{inbox}/{key}", "formats": ["txt"]}, message_id="after-notes")
+            broker.publish(
+                {"job_id": "after-notes", "audio": f"s3://{inbox}/{key}", "formats": ["txt"]}, message_id="after-notes"
+            )
             assert broker.final("after-notes").kind == "succeeded"
         finals = [e for e in broker.of(job_id) if e.final]
         assert [e.kind for e in finals] == ["succeeded"]

@@ -177,7 +177,11 @@ def _check_outputs(storage: Storage, data: Any, audio: S3Location, output_prefix
 
 
 def test_awkward_keys_end_to_end(
-    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Path, tmp_path: Path
+    fleet_settings: Callable[..., Settings],
+    engine_env: dict[str, str],
+    storage: Storage,
+    audio_dir: Path,
+    tmp_path: Path,
 ) -> None:
     from funasr_fleet.client import Client, EventWatcher
     from tests.fixtures.services import subprocess_env
@@ -199,7 +203,9 @@ def test_awkward_keys_end_to_end(
     with consumer_thread(s), Client(s) as client, EventWatcher(s) as watcher:
         # 1. Client.submit with s3:// URIs (default output prefix; one with an awkward explicit prefix)
         submitted = {key: client.submit(f"s3://{inbox}/{key}", formats=["json", "rttm"]) for key in SUBMIT_KEYS}
-        custom = client.submit(f"s3://{inbox}/{SUBMIT_KEYS[0]}", output=f"s3://{results}/{CUSTOM_OUTPUT}", formats=["srt"])
+        custom = client.submit(
+            f"s3://{inbox}/{SUBMIT_KEYS[0]}", output=f"s3://{results}/{CUSTOM_OUTPUT}", formats=["srt"]
+        )
         # 2. one MinIO-format notification announcing every EVENT_KEY (form-encoded, "/" as %2F)
         note = {"EventName": "s3:ObjectCreated:Put", "Records": []}
         for key in EVENT_KEYS:
@@ -258,7 +264,9 @@ def test_long_keys_get_a_bounded_output_prefix() -> None:
     settings = settings_for()
     longest = "k" * 1020 + ".wav"  # S3's limit is 1,024 bytes
     prefix = intake.output_prefix_for(settings, longest)
-    assert prefix.startswith(f"results/{intake.LONG_KEYS_DIR}/") and prefix == intake.output_prefix_for(settings, longest)
+    assert prefix.startswith(f"results/{intake.LONG_KEYS_DIR}/") and prefix == intake.output_prefix_for(
+        settings, longest
+    )
     assert len(join_key(prefix, "transcript.json").encode()) <= 1024
     assert intake.output_prefix_for(settings, longest[:-5] + "x.wav") != prefix
     mirrored = "é" * 400 + ".wav"  # 804 bytes: still mirrored

@@ -111,9 +111,12 @@ def test_loading_the_onnx_engine_starts_no_thread(onnx_engine: Engine, engine_en
         "print('STATUS', status)\n"
     )
     env = {**os.environ, **engine_env, "FLEET_ENGINE__BACKEND": "onnx", "FLEET_LOG__LEVEL": "WARNING"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = dict(ln.split(" ", 1) for ln in out.stdout.splitlines() if ln.split(" ", 1)[0] in ("LOADED", "CHILD", "STATUS"))
+    lines = dict(
+        ln.split(" ", 1) for ln in out.stdout.splitlines() if ln.split(" ", 1)[0] in ("LOADED", "CHILD", "STATUS")
+    )
     assert lines["LOADED"] == "1 False", out.stdout
     assert lines["CHILD"] == "2" and lines["STATUS"] == "0", out.stdout + out.stderr[-2000:]

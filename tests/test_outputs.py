@@ -200,7 +200,22 @@ LEGACY = GOLDEN / "before-channels"
 
 
 # --- the 45-minute transcript ------------------------------------------------------------------
-_WORDS = ["我们", "今天", "讨论", "语音", "识别", "模型", "the", "fleet", "queue", "consumer", "会议", "结果", "好的", "对"]
+_WORDS = [
+    "我们",
+    "今天",
+    "讨论",
+    "语音",
+    "识别",
+    "模型",
+    "the",
+    "fleet",
+    "queue",
+    "consumer",
+    "会议",
+    "结果",
+    "好的",
+    "对",
+]
 
 
 def synth_45min() -> Transcript:
@@ -224,7 +239,9 @@ def synth_45min() -> Transcript:
         if i == n or sentences[i].speaker != sentences[first].speaker:
             group = sentences[first:i]
             turns.append(
-                Turn(group[0].speaker, group[0].start_ms, group[-1].end_ms, " ".join(s.text for s in group), first, i - 1)
+                Turn(
+                    group[0].speaker, group[0].start_ms, group[-1].end_ms, " ".join(s.text for s in group), first, i - 1
+                )
             )
             first = i
     return Transcript(
@@ -286,7 +303,9 @@ def test_golden(case: str, fmt: str) -> None:
 
 
 def test_long_45min_digests(long_transcript: Transcript) -> None:
-    digests = {fmt: hashlib.sha256(render_bytes(fmt, long_transcript, LONG_META)).hexdigest() for fmt in sorted(FORMATS)}
+    digests = {
+        fmt: hashlib.sha256(render_bytes(fmt, long_transcript, LONG_META)).hexdigest() for fmt in sorted(FORMATS)
+    }
     path = GOLDEN / "long_45min.sha256.json"
     _golden(path, (json.dumps(digests, indent=2, sort_keys=True) + "\n").encode())
 
@@ -347,7 +366,9 @@ def test_json_non_finite_processing_figures_round_trip() -> None:
 
 def test_json_media_non_finite_becomes_null() -> None:
     transcript, meta = case_empty()
-    doc = json.loads(render_bytes("json", transcript, replace(meta, audio={"duration_s": float("nan"), "size_bytes": 3})))
+    doc = json.loads(
+        render_bytes("json", transcript, replace(meta, audio={"duration_s": float("nan"), "size_bytes": 3}))
+    )
     assert doc["audio"]["media"] == {"duration_s": None, "size_bytes": 3}
 
 
@@ -640,7 +661,14 @@ def test_rttm_file_id(source: str, expected: str) -> None:
 def test_writers_are_pure() -> None:
     """No broker, storage or engine imports in the writers' module (the consumer uploads)."""
     text = Path(outputs.__file__).read_text()
-    for forbidden in ("boto3", "pika", "torch", "funasr_fleet.storage", "funasr_fleet.consumer", "funasr_fleet.settings"):
+    for forbidden in (
+        "boto3",
+        "pika",
+        "torch",
+        "funasr_fleet.storage",
+        "funasr_fleet.consumer",
+        "funasr_fleet.settings",
+    ):
         assert f"import {forbidden}" not in text and f"from {forbidden}" not in text
 
 

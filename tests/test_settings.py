@@ -62,7 +62,7 @@ def test_toml_via_fleet_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     path = write_toml(
         tmp_path / "elsewhere" / "fleet.toml",
         '[engine]\ndevice = "cuda:1"\nthreads = 3\n\n[s3]\nallowed_buckets = ["x-bucket"]\n'
-        '\n[supervisor]\nconsumers = 2\n',
+        "\n[supervisor]\nconsumers = 2\n",
     )
     monkeypatch.setenv("FLEET_CONFIG", str(path))
     assert config_file() == path

@@ -87,8 +87,13 @@ def _chunks(total: int, piece: int) -> Iterator[bytes]:
 
 def test_upload_chunks_small_and_text(storage: Storage, make_bucket: Callable[..., str]) -> None:
     bucket = make_bucket()
-    info = storage.upload_chunks(bucket, "out/t.srt", ["1\n", "00:00:00,000 --> 00:00:01,000\n", "你好\n"],
-                                 content_type="application/x-subrip", metadata={"job-id": "j"})
+    info = storage.upload_chunks(
+        bucket,
+        "out/t.srt",
+        ["1\n", "00:00:00,000 --> 00:00:01,000\n", "你好\n"],
+        content_type="application/x-subrip",
+        metadata={"job-id": "j"},
+    )
     body = storage.get_bytes(bucket, "out/t.srt")
     assert body == "1\n00:00:00,000 --> 00:00:01,000\n你好\n".encode()
     assert info.size == len(body)
@@ -101,7 +106,9 @@ def test_upload_chunks_multipart(storage: Storage, make_bucket: Callable[..., st
     bucket = make_bucket()
     total = 2 * PART_SIZE + 12345
     expected = hashlib.sha256(b"".join(_chunks(total, 700_001))).hexdigest()
-    info = storage.upload_chunks(bucket, "out/big.bin", _chunks(total, 700_001), content_type="application/octet-stream")
+    info = storage.upload_chunks(
+        bucket, "out/big.bin", _chunks(total, 700_001), content_type="application/octet-stream"
+    )
     assert info.size == total
     assert "-" in info.etag  # a multipart etag: md5-of-md5s + "-<parts>"
     assert storage.head(bucket, "out/big.bin").size == total
@@ -180,9 +187,7 @@ def test_wrong_credentials_are_permanent(s3_server: S3TestServer, unique: str) -
     assert "not-the-secret" not in repr(bad)
 
 
-def test_outage_is_transient_and_recovers(
-    own_s3_server: S3TestServer, tmp_path: Path, unique: str
-) -> None:
+def test_outage_is_transient_and_recovers(own_s3_server: S3TestServer, tmp_path: Path, unique: str) -> None:
     store = Storage(own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=2.0, max_attempts=1))
     bucket = f"t-{unique}"
     store.ensure_bucket(bucket)
@@ -294,6 +299,8 @@ def test_error_mapping_table(status: int, code: str, expected: str, permanent: b
 
     from funasr_fleet.storage import translate
 
-    exc = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    exc = ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+    )
     mapped = translate(exc, op="get", bucket="b", key="k")
     assert (mapped.code, mapped.permanent) == (expected, permanent)

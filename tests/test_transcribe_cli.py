@@ -26,7 +26,12 @@ def test_transcribe_many_files_all_formats_with_one_failure(
     engine_env: dict[str, str], audio_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    files = [audio_dir / "dialogue.mp3", audio_dir / "not_audio.wav", audio_dir / "silence.wav", audio_dir / "dialogue.webm"]
+    files = [
+        audio_dir / "dialogue.mp3",
+        audio_dir / "not_audio.wav",
+        audio_dir / "silence.wav",
+        audio_dir / "dialogue.webm",
+    ]
     proc = fleet("transcribe", *map(str, files), "--formats", "json,srt,vtt,txt,rttm", "-o", str(out),
                  "--num-speakers", "2", "--hotword", "revenue", env=engine_env)  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -61,7 +66,9 @@ def test_missing_model_directory_exits_3_naming_the_setting(audio_dir: Path, tmp
     proc = fleet("transcribe", str(audio_dir / "dialogue.wav"), "-o", str(tmp_path),
                  env={"FLEET_ENGINE__MODEL": "/nonexistent/asr", "FLEET_ENGINE__THREADS": "1"})  # fmt: skip
     assert proc.returncode == 3
-    assert "model_load_failed" in proc.stderr and "FLEET_ENGINE__MODEL=/nonexistent/asr: no such directory" in proc.stderr
+    assert (
+        "model_load_failed" in proc.stderr and "FLEET_ENGINE__MODEL=/nonexistent/asr: no such directory" in proc.stderr
+    )
 
 
 def test_bad_arguments_and_settings(audio_dir: Path) -> None:
@@ -109,7 +116,11 @@ def test_speaker_range_and_channels_options(engine_env: dict[str, str], audio_di
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "stereo44k.json").read_text())
     assert doc["options"]["channels"] == "mix"
-    assert (doc["options"]["min_speakers"], doc["options"]["max_speakers"], doc["options"]["num_speakers"]) == (1, 3, None)
+    assert (doc["options"]["min_speakers"], doc["options"]["max_speakers"], doc["options"]["num_speakers"]) == (
+        1,
+        3,
+        None,
+    )
     assert isinstance(doc["warnings"], list) and all(row["channel"] is None for row in doc["speakers"])
 
 

@@ -80,7 +80,9 @@ def _load_model(**_: Any) -> None:
 
 
 @app.task(name="peer.transcribe", acks_late=True)
-def transcribe(job_id: str, bucket: str, key: str, out_bucket: str, out_prefix: str, formats: list[str]) -> dict[str, Any]:
+def transcribe(
+    job_id: str, bucket: str, key: str, out_bucket: str, out_prefix: str, formats: list[str]
+) -> dict[str, Any]:
     from funasr_fleet.engine.audio import decode
     from funasr_fleet.outputs import FORMATS, OutputMeta, render
 

@@ -22,25 +22,40 @@ def _consumers(value: str) -> int | str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--consumers", type=_consumers, default=None, metavar="N|auto",
+        "--consumers",
+        type=_consumers,
+        default=None,
+        metavar="N|auto",
         help="consumer processes (default: supervisor.consumers; auto = usable cores // threads)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="T",
+        "--threads",
+        type=int,
+        default=None,
+        metavar="T",
         help="torch/OpenMP threads per consumer (default: supervisor.threads_per_consumer, else cores // consumers)",
     )
     parser.add_argument("--http-host", default=None, help="bind address of the endpoints (supervisor.http_host)")
-    parser.add_argument("--http-port", type=int, default=None, help="port of the endpoints, 0 = off (supervisor.http_port)")
     parser.add_argument(
-        "--grace-period", type=float, default=None, metavar="SECONDS",
+        "--http-port", type=int, default=None, help="port of the endpoints, 0 = off (supervisor.http_port)"
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help="on SIGTERM, wait this long for running jobs (supervisor.grace_period_s)",
     )
     parser.add_argument(
-        "--preload", choices=("none", "fork"), default=None,
+        "--preload",
+        choices=("none", "fork"),
+        default=None,
         help="fork = load the model once and fork consumers from it (shared weights, CPU only) (supervisor.preload)",
     )
     parser.add_argument(
-        "--consumer-command", default=None, metavar="CMD",
+        "--consumer-command",
+        default=None,
+        metavar="CMD",
         help="advanced: command that starts one consumer (default: this python -m funasr_fleet consume)",
     )
 

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"exchange {t.dead_letter_exchange} (fanout) -> quorum queue {t.dead_letter_queue}")
             for tier in t.retry_tiers:
                 print(f"exchange {t.retry_exchange} --{tier.routing_key}--> {tier.queue} (ttl {tier.delay_ms} ms)")
-            print(f"exchange {t.events_exchange} (topic): job.started job.progress job.succeeded job.failed job.cancelled")
+            print(
+                f"exchange {t.events_exchange} (topic): job.started job.progress job.succeeded job.failed job.cancelled"
+            )
             print(f"exchange {t.control_exchange} (topic): cancel.<job_id> broadcasts to running consumers")
             print(f"exchange {t.dead_letter_exchange} (fanout) -> quorum queue {t.announce_queue} (the announcer)")
             if t.observed_queue:

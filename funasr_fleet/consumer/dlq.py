@@ -83,7 +83,9 @@ def _summary(props: pika.BasicProperties, body: bytes, settings: Settings | None
         else:
             job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
             a = data.get("audio")
-            audio = a if isinstance(a, str) else (f"s3://{a.get('bucket')}/{a.get('key')}" if isinstance(a, dict) else None)
+            audio = (
+                a if isinstance(a, str) else (f"s3://{a.get('bucket')}/{a.get('key')}" if isinstance(a, dict) else None)
+            )
             try:
                 validate_job(data, settings)
             except FleetError as exc:

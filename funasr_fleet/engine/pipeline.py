@@ -181,7 +181,9 @@ class Engine:
         if isinstance(audio, (str, Path)):
             return decode(audio, min_audio_s=s.min_audio_s, max_audio_s=s.max_audio_s)
         decoded = audio if isinstance(audio, AudioSource) else AudioSource.from_array(audio)
-        check_length(decoded.duration_s, min_audio_s=s.min_audio_s, max_audio_s=s.max_audio_s, name=decoded.info.container)
+        check_length(
+            decoded.duration_s, min_audio_s=s.min_audio_s, max_audio_s=s.max_audio_s, name=decoded.info.container
+        )
         return decoded
 
     def warmup(self) -> float:

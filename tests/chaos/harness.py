@@ -318,7 +318,9 @@ def check_srt(text: str) -> list[str]:
     return problems
 
 
-def check_job_outputs(storage: Any, settings: Settings, job_id: str, formats: tuple[str, ...] = ("json", "srt")) -> list[str]:
+def check_job_outputs(
+    storage: Any, settings: Settings, job_id: str, formats: tuple[str, ...] = ("json", "srt")
+) -> list[str]:
     """Exactly one manifest and intact outputs under the job's default prefix; returns problems."""
     from funasr_fleet.manifest import MANIFEST_NAME, Manifest
     from funasr_fleet.outputs import FORMATS, parse_json

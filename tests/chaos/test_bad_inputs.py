@@ -68,7 +68,7 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         "allowed_buckets": [inbox],
         "max_object_bytes": MAX_OBJECT_BYTES,
     }
-    engine = {k[len("FLEET_ENGINE__"):].lower(): v for k, v in engine_env.items() if k.startswith("FLEET_ENGINE__")}
+    engine = {k[len("FLEET_ENGINE__") :].lower(): v for k, v in engine_env.items() if k.startswith("FLEET_ENGINE__")}
     settings = Settings(
         amqp={"url": amqp_url, **amqp_names(unique)},
         s3=s3,
@@ -151,9 +151,16 @@ CASES: dict[str, tuple[Body, str, str]] = {
     "schema-version": (lambda r, i: job(i, r.uri("good.wav"), schema_version=99), "unsupported_schema_version", "job"),
     "bad-s3-uri": (lambda r, i: job(i, "http://example.com/a.wav"), "bad_s3_uri", "job"),
     "bucket-not-allowed": (lambda r, i: job(i, r.uri("x.wav")), "bucket_not_allowed", "job"),
-    "output-escape": (lambda r, i: job(i, r.uri("good.wav"), output=f"s3://{r.results}/a/../../b"),
-                      "output_prefix_invalid", "job"),  # fmt: skip
-    "unsupported-format": (lambda r, i: {**job(i, r.uri("good.wav")), "formats": ["docx"]}, "unsupported_format", "job"),
+    "output-escape": (
+        lambda r, i: job(i, r.uri("good.wav"), output=f"s3://{r.results}/a/../../b"),
+        "output_prefix_invalid",
+        "job",
+    ),  # fmt: skip
+    "unsupported-format": (
+        lambda r, i: {**job(i, r.uri("good.wav")), "formats": ["docx"]},
+        "unsupported_format",
+        "job",
+    ),
     "object-not-found": (lambda r, i: job(i, f"s3://{r.inbox}/nope.wav"), "object_not_found", "job"),
     "object-too-large": (lambda r, i: job(i, r.uri("big.wav")), "object_too_large", "job"),
     "empty-object": (lambda r, i: job(i, r.uri("empty.wav")), "empty_object", "job"),
@@ -163,21 +170,42 @@ CASES: dict[str, tuple[Body, str, str]] = {
     "audio-too-short": (lambda r, i: job(i, r.uri("short.wav")), "audio_too_short", "job"),
     "audio-too-long": (lambda r, i: job(i, r.uri("long.wav")), "audio_too_long", "job"),
     # intake: MinIO/S3 bucket notifications on the intake routing key
-    "s3-event-no-records": (lambda r, i: {"EventName": "s3:ObjectCreated:Put", "Key": f"{r.inbox}/a.wav"},
-                            "schema_invalid", "s3-event"),  # fmt: skip
-    "s3-event-bad-record": (lambda r, i: {"Records": [{"eventName": "s3:ObjectCreated:Put",
-                                                       "s3": {"bucket": {"name": r.inbox}}}]},
-                            "schema_invalid", "s3-event"),  # fmt: skip
-    "s3-event-bad-size": (lambda r, i: {"Records": [s3_record(r.inbox, "drop.wav", size=-5, eTag="abc")]},
-                          "schema_invalid", "s3-event"),  # fmt: skip
-    "s3-event-bad-key-escape": (lambda r, i: {"Records": [s3_record(r.inbox, "drops%2F%FF%FE.wav", size=5, eTag="abc")]},
-                                "schema_invalid", "s3-event"),  # fmt: skip
+    "s3-event-no-records": (
+        lambda r, i: {"EventName": "s3:ObjectCreated:Put", "Key": f"{r.inbox}/a.wav"},
+        "schema_invalid",
+        "s3-event",
+    ),  # fmt: skip
+    "s3-event-bad-record": (
+        lambda r, i: {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": r.inbox}}}]},
+        "schema_invalid",
+        "s3-event",
+    ),  # fmt: skip
+    "s3-event-bad-size": (
+        lambda r, i: {"Records": [s3_record(r.inbox, "drop.wav", size=-5, eTag="abc")]},
+        "schema_invalid",
+        "s3-event",
+    ),  # fmt: skip
+    "s3-event-bad-key-escape": (
+        lambda r, i: {"Records": [s3_record(r.inbox, "drops%2F%FF%FE.wav", size=5, eTag="abc")]},
+        "schema_invalid",
+        "s3-event",
+    ),  # fmt: skip
     # hotwords: the documented limits (engine/hotwords.py), refused before any work
-    "hotwords-too-many": (lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [f"w{n}" for n in range(201)]}),
-                          "schema_invalid", "job"),  # fmt: skip
-    "hotword-too-long": (lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": ["x" * 65]}), "schema_invalid", "job"),
-    "hotword-not-a-string": (lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [{"url": "http://10.0.0.1/"}]}),
-                             "schema_invalid", "job"),  # fmt: skip
+    "hotwords-too-many": (
+        lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [f"w{n}" for n in range(201)]}),
+        "schema_invalid",
+        "job",
+    ),  # fmt: skip
+    "hotword-too-long": (
+        lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": ["x" * 65]}),
+        "schema_invalid",
+        "job",
+    ),
+    "hotword-not-a-string": (
+        lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [{"url": "http://10.0.0.1/"}]}),
+        "schema_invalid",
+        "job",
+    ),  # fmt: skip
 }
 
 
@@ -187,7 +215,9 @@ def fanned_out_id(rig: Rig, key: str, etag: str) -> str:
     return job_id_for_object(rig.inbox, key, etag)
 
 
-def run_case(rig: Rig, case: str, bad: bytes | dict[str, Any] | None, routing: str, bad_id: str | None) -> dict[str, Any]:
+def run_case(
+    rig: Rig, case: str, bad: bytes | dict[str, Any] | None, routing: str, bad_id: str | None
+) -> dict[str, Any]:
     """Publish the bad message (if any) and GOOD_JOBS good ones at once; wait for every outcome."""
     tag = uuid.uuid4().hex[:6]
     slug = "".join(c if c.isalnum() else "-" for c in case).strip("-")
@@ -290,7 +320,9 @@ def test_s3_event_for_missing_object_fails_the_fanned_out_job(rig: Rig) -> None:
 def test_s3_event_for_non_audio_is_ignored_not_dead_lettered(rig: Rig) -> None:
     note_id = f"note-{uuid.uuid4().hex[:6]}"
     note = {"Records": [s3_record(rig.inbox, "drops/readme.txt", size=10, eTag="feed")]}
-    rig.publisher.publish(json.dumps(note).encode(), message_id=note_id, routing_key=rig.settings.amqp.intake_routing_key)
+    rig.publisher.publish(
+        json.dumps(note).encode(), message_id=note_id, routing_key=rig.settings.amqp.intake_routing_key
+    )
     run_case(rig, "s3-event-non-audio", None, "job", None)
     rig.log.drain()
     assert not rig.log.of(note_id)
@@ -329,7 +361,9 @@ def _note(rig: Rig, key: str, event: str = "s3:ObjectCreated:Put", etag: str = "
 
     record = s3_record(rig.inbox, quote_plus(key, safe=""), size=size, eTag=etag)
     record["eventName"] = event
-    return json.dumps({"EventName": event, "Key": f"{rig.inbox}/{quote_plus(key, safe='')}", "Records": [record]}).encode()
+    return json.dumps(
+        {"EventName": event, "Key": f"{rig.inbox}/{quote_plus(key, safe='')}", "Records": [record]}
+    ).encode()
 
 
 def _settle(rig: Rig, case: str) -> None:
@@ -444,7 +478,9 @@ def test_hotword_urls_and_paths_are_plain_words(rig: Rig) -> None:
     try:
         jid = f"hotwords-{uuid.uuid4().hex[:6]}"
         words = [f"http://127.0.0.1:{server.server_address[1]}/x.txt", str(sentinel), "", "two words"]
-        rig.publisher.publish(harness.job_body(jid, rig.inbox, rig.good_key, options={"hotwords": words}), message_id=jid)
+        rig.publisher.publish(
+            harness.job_body(jid, rig.inbox, rig.good_key, options={"hotwords": words}), message_id=jid
+        )
         _settle(rig, "hotword-url-path")
         events = rig.log.finals().get(jid, [])
         assert [harness.kind_of(e) for e in events] == ["succeeded"], events
@@ -457,6 +493,7 @@ def test_hotword_urls_and_paths_are_plain_words(rig: Rig) -> None:
 
 def test_queues_empty_after_the_suite(rig: Rig) -> None:
     """Nothing left behind: the jobs queue is drained and every dead letter was accounted for."""
+
     def empty() -> bool:
         counts = harness.queue_counts(rig.settings)
         return all(v == 0 for v in counts.values())

@@ -97,7 +97,9 @@ class Chaos(threading.Thread):
         end = start + 15
         while time.monotonic() < end:
             consumers = live()
-            busy = [c for c in consumers if c["state"] == "busy" and self.job_kills[c.get("job_id")] < MAX_KILLS_PER_JOB]
+            busy = [
+                c for c in consumers if c["state"] == "busy" and self.job_kills[c.get("job_id")] < MAX_KILLS_PER_JOB
+            ]
             idle = [c for c in consumers if c["state"] == "ready"]
             pool = busy or (idle if time.monotonic() - start > 3 else [])
             if pool:
@@ -301,9 +303,11 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
         history = {j: [(harness.kind_of(e), e["data"].get("attempt"), e["data"].get("stage")) for e in log.of(j)]
                    for j in missing[:5]}  # fmt: skip
         with capsys.disabled():
-            print(f"\n--- supervisor log tail ---\n{tail}\n--- events: {log.kinds()}\n--- queues: {queues}"
-                  f"\n--- jobs without a final event ({len(missing)}): {missing[:20]}\n--- their events: {history}"
-                  f"\n--- dead letters: {dead}\n--- kills: {chaos.kills if chaos else None}")
+            print(
+                f"\n--- supervisor log tail ---\n{tail}\n--- events: {log.kinds()}\n--- queues: {queues}"
+                f"\n--- jobs without a final event ({len(missing)}): {missing[:20]}\n--- their events: {history}"
+                f"\n--- dead letters: {dead}\n--- kills: {chaos.kills if chaos else None}"
+            )
         raise
     finally:
         if chaos is not None and chaos.is_alive():

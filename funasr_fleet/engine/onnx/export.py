@@ -115,8 +115,10 @@ def stamp_of(export_dir: Path) -> dict[str, Any]:
 
 def _complete(target: Path, digest: str) -> bool:
     stamp = stamp_of(target)
-    return stamp.get("format") == FORMAT and stamp.get("digest") == digest and all(
-        (target / f).is_file() for f in stamp.get("files", {}).values()
+    return (
+        stamp.get("format") == FORMAT
+        and stamp.get("digest") == digest
+        and all((target / f).is_file() for f in stamp.get("files", {}).values())
     )
 
 
@@ -198,7 +200,12 @@ def _layout(model_dir: Path, out: Path, source: str, variant: Variant) -> dict[s
             metas["jieba_usr_dict"] = "jieba_usr_dict"
     metas.pop("init_param", None)
     metas.update({"config": "config.yaml", **files})
-    doc = {"framework": "onnx", "model": {"type": "funasr"}, "file_path_metas": metas, "fleet": {"source": str(model_dir)}}
+    doc = {
+        "framework": "onnx",
+        "model": {"type": "funasr"},
+        "file_path_metas": metas,
+        "fleet": {"source": str(model_dir)},
+    }
     (out / "configuration.json").write_text(json.dumps(doc, indent=2))
     return files
 

@@ -70,7 +70,9 @@ def register() -> None:
                 jieba.load_userdict(kwargs["jieba_usr_dict"])
                 self.jieba_usr_dict = jieba
 
-        def punc_forward(self, text: torch.Tensor, text_lengths: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        def punc_forward(
+            self, text: torch.Tensor, text_lengths: torch.Tensor, **kwargs: Any
+        ) -> tuple[torch.Tensor, None]:
             (logits,) = self.session.run({
                 "inputs": text.cpu().numpy().astype(np.int32),
                 "text_lengths": text_lengths.cpu().numpy().astype(np.int32),
@@ -156,7 +158,10 @@ class FleetOnnxParaformer(_OnnxModule):
             token = tokenizer.ids2tokens(token_int)
             frames = int(speech_lengths[i]) * 3
             _, timestamp = ts_prediction_lfr6_standard(
-                us_alphas_t[i][:frames], us_peaks_t[i][:frames], copy.copy(token), vad_offset=kwargs.get("begin_time", 0)
+                us_alphas_t[i][:frames],
+                us_peaks_t[i][:frames],
+                copy.copy(token),
+                vad_offset=kwargs.get("begin_time", 0),
             )
             text, stamps, *_ = postprocess_utils.sentence_postprocess(token, timestamp)
             results.append({"key": keys[i], "text": text, "timestamp": stamps})
