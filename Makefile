@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: setup demo down test test-slow bench lint
+.PHONY: setup demo down test test-slow bench lint docs
 
 setup:
 	@scripts/setup.sh
@@ -40,3 +40,7 @@ lint: setup
 	@.venv/bin/ruff check funasr_fleet tests benchmarks
 	@.venv/bin/ruff format --check funasr_fleet tests benchmarks
 	@.venv/bin/mypy funasr_fleet
+
+# The documentation site (pages under docs/, nav in mkdocs.yml) into site/; --strict: a broken link fails.
+docs: setup
+	@NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --site-dir site

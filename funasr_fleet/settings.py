@@ -111,7 +111,7 @@ class AmqpSettings(_Section):
         0,
         ge=0,
         le=10,
-        description="0: no priorities. Quorum queues on RabbitMQ 3.10 ignore x-max-priority (see README).",
+        description="0: no priorities. Quorum queues on RabbitMQ 3.10 ignore x-max-priority (see docs/consumer.md).",
     )
     control_exchange: str = Field(
         "fleet.control", description="Topic exchange of control broadcasts to running consumers (cancel.<job_id>)."

@@ -103,7 +103,7 @@ def jobs_queue_arguments(amqp: AmqpSettings) -> dict[str, Any]:
     if amqp.max_priority:
         raise ConfigError(
             "amqp.max_priority must be 0: the jobs queue is a quorum queue and RabbitMQ 3.10 quorum "
-            "queues do not support x-max-priority (see the README, 'The consumer')"
+            "queues do not support x-max-priority (see docs/consumer.md, 'Priority')"
         )
     return {
         "x-queue-type": "quorum",
