@@ -1,4 +1,4 @@
-"""Markdown reference of every setting, generated from the Settings model (kept in the README)."""
+"""Markdown reference of every setting, generated from the Settings model (kept in docs/configuration.md)."""
 
 from __future__ import annotations
 

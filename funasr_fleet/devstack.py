@@ -4,7 +4,7 @@
 with its data under ``.stack/s3``, and `funasr-fleet supervise` with 2 consumers, all detached, their
 settings written to ``.stack/fleet.env``. ``demo``: ``up``, then drop a synthesised two-speaker
 recording into the inbox bucket, let the reconcile sweep enqueue it (SeaweedFS has no bucket
-notifications; MinIO does, see the README), wait for the completion event with a progress bar and
+notifications; MinIO does, see docs/intake.md), wait for the completion event with a progress bar and
 print where the outputs are and the first cues. ``down``: stop the supervisor and SeaweedFS (the
 system RabbitMQ is left running).
 """

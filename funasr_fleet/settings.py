@@ -2,7 +2,7 @@
 
 Precedence (highest first): explicit arguments, environment variables ``FLEET_<SECTION>__<KEY>``,
 the TOML file named by ``FLEET_CONFIG`` (or ``config/fleet.toml`` when it exists), defaults.
-Every key is documented by its ``description``; the README's configuration reference is
+Every key is documented by its ``description``; the configuration reference (docs/configuration.md) is
 generated from this model (``funasr-fleet config-reference``) and a test keeps it in sync.
 """
 

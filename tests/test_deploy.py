@@ -642,7 +642,7 @@ def test_deployment_semantics(overlay: str, monkeypatch: pytest.MonkeyPatch) -> 
     assert s.engine.model_cache_dir and mounts.get(s.engine.model_cache_dir), "model cache must be a volume"
     assert spec["automountServiceAccountToken"] is False
 
-    # resources sized from consumers x threads; memory from the per-consumer estimate (README, "Deploying funasr-fleet")
+    # resources sized from consumers x threads; memory from the per-consumer estimate (docs/deploying.md, "The Deployment")
     consumers = s.supervisor.consumers
     threads = s.supervisor.threads_per_consumer
     assert isinstance(consumers, int) and threads, "explicit consumers and threads per pod"

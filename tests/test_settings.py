@@ -208,7 +208,7 @@ def test_usable_cores_honours_cgroup_quota(
 
 
 def test_every_key_is_documented() -> None:
-    """The README's configuration reference is generated from the descriptions."""
+    """The configuration reference (docs/configuration.md) is generated from the descriptions."""
     for section_name, section in Settings.model_fields.items():
         for key, field in section.annotation.model_fields.items():  # type: ignore[union-attr]
             assert field.description, f"[{section_name}] {key} has no description"

@@ -1,7 +1,7 @@
 """Status by id and cancel, publisher side (real RabbitMQ, real S3, the real CLI); no consumer runs here.
 
 What needs the consumer (running → cancelled inside a model call, status at each stage) is tested with
-the consumer itself once it is wired (README: jobs-api, phase 2).
+the consumer itself once it is wired (docs/jobs-api.md, "Consumer wiring (phase 2)").
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ time are those of the real models:
 - ``spk``: CAM++ with the sizes of ``cam++`` (speech_campplus_sv_zh-cn_16k-common), ~7 M parameters.
 
 Biases that make random weights behave like speech models (checked on espeak speech, see
-docs/drafts/onnx.md): the CIF predictor fires a few tokens per second, the punctuation head emits
-mostly "no punctuation" with a sentence end every ten to twenty tokens, and the SeACo hotword head
-predicts "no bias" (as the trained model does without matching hotwords).
+docs/engine.md, "Full-size development models"): the CIF predictor fires a few tokens per second,
+the punctuation head emits mostly "no punctuation" with a sentence end every ten to twenty tokens,
+and the SeACo hotword head predicts "no bias" (as the trained model does without matching hotwords).
 """
 
 from __future__ import annotations

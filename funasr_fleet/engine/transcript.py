@@ -24,7 +24,7 @@ class WarningCode(StrEnum):
 
     A warning means: the transcript is usable, but the fleet could not do exactly what was asked or
     what the input suggested, and says so instead of failing silently. Codes are a public contract
-    (documented in the README): never rename one.
+    (documented in docs/audio-and-speakers.md, "Warnings"): never rename one.
     """
 
     CHANNELS_CANCELLED = "channels_cancelled"  # the down-mix would destroy speech; a channel was used instead
