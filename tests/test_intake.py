@@ -790,7 +790,7 @@ def test_metadata_events_after_an_upload_start_nothing(
 
 
 # --- phase 2: the consumer wiring (strict xfail until the handler calls the new functions) ---------------
-PHASE2 = "phase 2: consumer/handler.py wiring (see docs/intake.md, 'For maintainers: consumer wiring')"
+PHASE2 = "phase 2: consumer/handler.py wiring (see docs/drafts/intake-and-job-messages.md)"
 
 
 @pytest.mark.xfail(strict=True, reason=PHASE2 + ": _fan_out calls intake.resolve_notification")

@@ -351,7 +351,7 @@ def test_duplicate_messages_of_one_job_give_identical_events(rig: Rig) -> None:
 
 
 # --- issue 16: metadata-only records, records without an eTag, awkward keys, hotword URLs/paths --------
-PHASE2 = "phase 2: consumer/handler.py wiring (docs/intake.md, 'For maintainers: consumer wiring')"
+PHASE2 = "phase 2: consumer/handler.py wiring (docs/drafts/intake-and-job-messages.md)"
 AWKWARD_KEYS = ["drops/take#2 (final)?.wav", "drops/100% + a+b.wav", "drops/q?x=1&y=%2F.wav", "会议/录音 一#1.wav",
                 "drops/émoji 🎙️ ;=@$!'.wav"]  # fmt: skip
 
