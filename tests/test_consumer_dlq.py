@@ -85,11 +85,6 @@ def test_dlq_list_and_replay(
 
 
 # --- what `dlq list` shows as the error (issue 16) -------------------------------------------------------
-PHASE2_DLQ = (
-    "phase 2: the consumer must set x-fleet-error-code/-message when it dead-letters (a nack cannot carry headers)"
-)
-
-
 def _dead_letter_raw(settings: Settings, messages: list[tuple[bytes, str, dict[str, object]]]) -> None:
     """Publish each (body, message id, headers) to the jobs queue and reject it: the broker dead-letters it
     exactly as it does a consumer's nack(requeue=False)."""
@@ -206,7 +201,7 @@ def test_dlq_replay_drops_the_error_headers(fleet_settings: Callable[..., Settin
     ("case", "code"),
     [
         ("schema", "schema_invalid"),
-        pytest.param("missing-object", "object_not_found", marks=pytest.mark.xfail(strict=True, reason=PHASE2_DLQ)),
+        ("missing-object", "object_not_found"),
     ],
 )
 def test_dlq_list_after_a_real_consumer_failed_the_job(
