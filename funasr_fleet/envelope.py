@@ -22,7 +22,13 @@ from typing import Any
 import pika
 
 from funasr_fleet import events
-from funasr_fleet.topology import ATTEMPT_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, RETRY_REASON_HEADER
+from funasr_fleet.topology import (
+    ATTEMPT_HEADER,
+    ERROR_CODE_HEADER,
+    ERROR_MESSAGE_HEADER,
+    FAILED_AT_HEADER,
+    RETRY_REASON_HEADER,
+)
 
 JSON = "application/json"
 PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
@@ -46,7 +52,7 @@ BROKER_HEADERS = frozenset(
 )
 """Headers RabbitMQ adds on dead-lettering and quorum redelivery."""
 RETRY_HEADERS = frozenset({ATTEMPT_HEADER, RETRY_REASON_HEADER})
-FAILURE_HEADERS = frozenset({ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER})
+FAILURE_HEADERS = frozenset({ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, FAILED_AT_HEADER})
 """Set on a dead letter the consumer gave up on (``dlq list`` shows them); no live copy carries them."""
 MAX_ERROR_MESSAGE_CHARS = 1000
 """``x-fleet-error-message`` is cut to this many characters (headers count against the frame size)."""
@@ -103,13 +109,16 @@ def replay_properties(original: pika.BasicProperties) -> pika.BasicProperties:
     return _copy(original, headers)
 
 
-def dead_letter_properties(original: pika.BasicProperties, *, code: str, message: str) -> pika.BasicProperties:
+def dead_letter_properties(
+    original: pika.BasicProperties, *, code: str, message: str, failed_at: str
+) -> pika.BasicProperties:
     """The copy of a failed message the consumer publishes to the dead-letter exchange: same ids,
-    timestamp and attempt headers, broker headers dropped, plus the failure's error ``code`` and
-    ``message`` (cut to :data:`MAX_ERROR_MESSAGE_CHARS`)."""
+    timestamp and attempt headers, broker headers dropped, plus the failure's error ``code``,
+    ``message`` (cut to :data:`MAX_ERROR_MESSAGE_CHARS`) and ``failed_at`` (ISO 8601, the caller's clock)."""
     headers = carry_headers(original.headers, keep_retry=True)
     headers[ERROR_CODE_HEADER] = code
     headers[ERROR_MESSAGE_HEADER] = message[:MAX_ERROR_MESSAGE_CHARS]
+    headers[FAILED_AT_HEADER] = failed_at
     props = _copy(original, headers)
     props.app_id = original.app_id  # who sent it (client, intake) stays visible in the DLQ
     props.type = original.type

@@ -106,7 +106,7 @@ class Broker:
         return int(self.ch.queue_declare(queue, passive=True).method.message_count)
 
     def take_all(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
-        out = []
+        out: list[tuple[pika.BasicProperties, bytes]] = []
         while True:
             method, props, body = self.ch.basic_get(queue, auto_ack=True)
             if method is None:
@@ -415,10 +415,15 @@ def test_bad_inputs_fail_with_stable_codes_and_dead_letter(
         broker.publish(job_body(wav, "good-after", formats=["txt"]))
         good = broker.final("good-after")
     assert good.kind == "succeeded", good.data.error
+
+    def code_of(event: events.CloudEvent) -> str | None:
+        error = event.data.error
+        return error.code if error is not None else None
+
     wrong = {
-        cid: (got[cid].kind, got[cid].data.error.code if got[cid].data.error else None, code)
+        cid: (got[cid].kind, code_of(got[cid]), code)
         for cid, _, code in cases
-        if got[cid].kind != "failed" or got[cid].data.error is None or got[cid].data.error.code != code
+        if got[cid].kind != "failed" or code_of(got[cid]) != code
     }
     assert not wrong, wrong
     dead = broker.take_all(s.amqp.dead_letter_queue)

@@ -280,3 +280,4 @@ def test_a_fan_out_refused_until_attempts_run_out_is_dead_lettered_with_its_erro
         2,
     )
     assert row.error_message and row.audio == f"s3://{inbox}/{keys[0]}" and row.records == 2
+    assert row.died_at is not None and row.deaths == 0  # the consumer's failed-at header; no broker death

@@ -116,7 +116,7 @@ def test_unscheduled_retry_requeues() -> None:
 )
 def test_error_permanence_drives_the_decision(error: Exception, retried: bool) -> None:
     assert hasattr(error, "permanent") and hasattr(error, "code")
-    f = Failure(attempt=1, code=error.code, permanent=error.permanent, kind=MessageKind.JOB)  # type: ignore[attr-defined]
+    f = Failure(attempt=1, code=error.code, permanent=error.permanent, kind=MessageKind.JOB)
     assert (decide(f, policy()).verdict is Verdict.RETRY) is retried
 
 

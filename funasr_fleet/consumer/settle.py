@@ -8,6 +8,8 @@ side then touches nothing.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import structlog
 
 from funasr_fleet import envelope, events, topology
@@ -131,7 +133,9 @@ class Settler:
         failed at run time. Such copies carry no ``x-death``. If the copy is not confirmed, the
         message is rejected instead (the queue's DLX still keeps it, without the headers).
         """
-        props = envelope.dead_letter_properties(ctx.delivery.properties, code=error.code, message=error.message)
+        props = envelope.dead_letter_properties(
+            ctx.delivery.properties, code=error.code, message=error.message, failed_at=datetime.now(UTC).isoformat()
+        )
         amqp = self.settings.amqp
         try:
             ctx.bridge.publish(
