@@ -44,7 +44,6 @@ class JobHandler:
     def __init__(self, settings: Settings, engine: Engine, storage: Storage, source: str) -> None:
         self.settings = settings
         self.engine = engine
-        self.storage = storage
         self.announcer = Announcer(settings, source)
         self.settler = Settler(settings, storage, self.announcer)
         self.stages = JobStages(settings, engine, storage, self.announcer, self.settler)
@@ -83,7 +82,7 @@ class JobHandler:
             ctx.job_id = data["job_id"]
         if message_kind(data) == "s3-event":
             ctx.kind = MessageKind.S3_EVENT
-            fan_out(ctx, data, self.settings, self.storage)
+            fan_out(ctx, data, self.settings, self.settler.storage)
             return
         job = validate_job(data, self.settings)
         ctx.kind = MessageKind.JOB
