@@ -13,14 +13,16 @@ so the sweep does not enqueue a fresh upload a second time within ``intake.sweep
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from funasr_fleet import envelope, intake
 from funasr_fleet.consumer.context import JobContext, Outcome
 from funasr_fleet.settings import Settings
-from funasr_fleet.storage import Storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from funasr_fleet.storage import Storage
 
 log = structlog.get_logger("funasr_fleet.consumer.fanout")
 
