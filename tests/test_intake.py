@@ -827,6 +827,63 @@ def test_fan_out_records_its_jobs_for_the_sweep(
     assert marker is not None and marker["via"] == "s3-event"
 
 
+def test_a_fan_out_lookup_during_an_s3_outage_is_retried(
+    fleet_settings: Callable[..., Settings],
+    engine_env: dict[str, str],
+    own_s3_server: Any,
+    audio_dir: Any,
+    unique: str,
+    tmp_path: Any,
+) -> None:
+    """Issue 16: an upload record without an eTag is looked up (HEAD); S3 down makes that lookup fail
+    with storage_unavailable, which retries the notification through the delay tiers. Once S3 is back
+    the object becomes its one job (the id its real eTag gives) and succeeds."""
+    from urllib.parse import quote_plus
+
+    from tests.test_consumer import Broker, consumer_thread
+
+    s3 = {
+        **own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=5.0, max_attempts=1).model_dump(
+            exclude_none=True
+        ),
+        "access_key": own_s3_server.access_key,
+        "secret_key": own_s3_server.secret_key,
+        "results_bucket": f"t-{unique}-own-results",
+        "inbox_bucket": f"t-{unique}-own-inbox",
+    }
+    s = fleet_settings(
+        with_engine=True,
+        s3=s3,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 1.0, "retry_max_delay_s": 4.0,
+                  "retry_max_attempts": 10},
+    )  # fmt: skip
+    own = Storage(s.s3)
+    own.ensure_bucket(s.s3.results_bucket)
+    own.ensure_bucket(s.s3.inbox_bucket)
+    key = "drops/no etag.wav"
+    info = own.put_bytes(s.s3.inbox_bucket, key, (audio_dir / "dialogue.wav").read_bytes())
+    record = {"eventName": "s3:ObjectCreated:Put",
+              "s3": {"bucket": {"name": s.s3.inbox_bucket}, "object": {"key": quote_plus(key), "size": 0, "eTag": ""}}}  # fmt: skip
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            own_s3_server.stop()
+            restart = threading.Timer(10.0, own_s3_server.restart)
+            restart.start()
+            try:
+                broker.publish({"Records": [record]}, routing_key=s.amqp.intake_routing_key, message_id="note-outage")
+                retry = broker.wait_event(lambda e: e.subject == "note-outage" and e.data.stage == "retrying", 60)
+                assert retry.data.error is not None and retry.data.error.code == "storage_unavailable"
+                final = broker.final(job_id_for_object(s.s3.inbox_bucket, key, info.etag), timeout=90)
+            finally:
+                restart.join()
+        assert final.kind == "succeeded", final.data.error
+        assert not [e for e in broker.of("note-outage") if e.final]  # the notification itself never failed
+        assert broker.count(s.amqp.jobs_queue) == 0 and broker.count(s.amqp.dead_letter_queue) == 0
+    finally:
+        broker.close()
+
+
 def test_a_manifest_of_another_job_id_answers_and_does_not_flip(
     fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
 ) -> None:
