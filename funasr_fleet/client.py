@@ -28,6 +28,7 @@ Duplicate events (topic + reply_to) are recognised by their CloudEvents id.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import OrderedDict, deque
@@ -49,6 +50,9 @@ from funasr_fleet.manifest import manifest_key
 from funasr_fleet.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# what closing an already-dead pika connection raises (wrong state, a lost stream)
+_CLOSE_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 MAX_BUFFERED_JOBS = 10_000
 """The watcher sees every job's events; it buffers those of at most this many jobs (oldest dropped)."""
@@ -188,7 +192,8 @@ class Publisher:
                 break
             except pika.exceptions.UnroutableError:
                 raise BrokerUnavailable(
-                    f"job {job.job_id} was not routed to a queue (exchange {amqp.jobs_exchange!r}, key {amqp.jobs_routing_key!r})"
+                    f"job {job.job_id} was not routed to a queue "
+                    f"(exchange {amqp.jobs_exchange!r}, key {amqp.jobs_routing_key!r})"
                 ) from None
             except pika.exceptions.NackError:
                 raise BrokerUnavailable(f"the broker refused job {job.job_id} (queue full or unavailable)") from None
@@ -228,10 +233,8 @@ class Publisher:
 
     def close(self) -> None:
         if self._own and self._connection is not None and self._connection.is_open:
-            try:
+            with contextlib.suppress(*_CLOSE_ERRORS):  # closing a connection that already died
                 self._connection.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                pass
         self._connection = None
         self._channel = None
 
@@ -345,10 +348,8 @@ class EventWatcher:
 
     def close(self) -> None:
         if self._own and self._connection is not None and self._connection.is_open:
-            try:
+            with contextlib.suppress(*_CLOSE_ERRORS):  # closing a connection that already died
                 self._connection.close()
-            except Exception:  # noqa: BLE001
-                pass
 
     def __enter__(self) -> EventWatcher:
         return self
@@ -411,7 +412,7 @@ class ProgressBar:
             fraction, label = data.progress or 0.0, "cancelled"
         else:
             fraction, label = data.progress or 0.0, f"failed: {data.error.code if data.error else '?'}"
-        filled = int(round(self.WIDTH * max(0.0, min(1.0, fraction))))
+        filled = round(self.WIDTH * max(0.0, min(1.0, fraction)))
         line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:5.1f}% {label}"
         if line == self._last:
             return

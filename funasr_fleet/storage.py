@@ -399,7 +399,7 @@ class Storage:
     def _abort(self, bucket: str, key: str, upload_id: str) -> None:
         try:
             self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except Exception as exc:  # best effort: a lifecycle rule reaps what is left
+        except Exception as exc:  # noqa: BLE001 - best effort: a lifecycle rule reaps what is left
             log.warning("storage.abort_failed", uri=f"s3://{bucket}/{key}", error=type(exc).__name__)
 
     def upload_file(
