@@ -475,7 +475,7 @@ def run_fleet_batch(settings: Any, s3: S3, keys: Sequence[str], consumers: int, 
             failed=sum(1 for f in finals if f.kind != "succeeded"),
             inference_s=[
                 float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0) for f in finals
-            ],  # fmt: skip
+            ],
             latency_s=[f.at - jobs.submitted_at[f.job_id] for f in finals],
             audio_s=sum(float(f.data.get("audio_duration_s") or 0) for f in finals),
         )

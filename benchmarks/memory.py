@@ -272,7 +272,7 @@ def tables(result: dict[str, Any]) -> str:
                 r["replace_s"],
             )
             for r in [*result["rows"], *result.get("preload_rows", [])]
-        ],  # fmt: skip
+        ],
     )
     text += f"\nextra consumer / first consumer (PSS, fresh interpreters): **{result['extra_consumer_rss_fraction']:.2f}**\n"
     if "preload_saving_mb_n2" in result:
@@ -308,7 +308,7 @@ def tables(result: dict[str, Any]) -> str:
                 c.get("total_pss_mb", float("nan")),
             )
             for c in result["cow"]
-        ],  # fmt: skip
+        ],
     )
     if "cow_saving_vs_two_consumers_mb" in result:
         text += (f"\n2 forked children (with zygote) vs 2 fresh consumers: saves "

@@ -61,7 +61,7 @@ def fleet_batch_on(jobs: common.Jobs, s3: common.S3, keys: list[str], timeout: f
         "failed": sum(1 for f in finals if f.kind != "succeeded"),
         "inference_s": [
             float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0) for f in finals
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -162,7 +162,7 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
             "rss_mb": avg(fleet_mem, "rss_mb"),
             "pss_mb": avg(fleet_mem, "pss_mb"),
             "parent_rss_mb": supervisor_mem.get("rss_mb", float("nan")),
-        },  # fmt: skip
+        },
         "celery": {
             **celery_o,
             "makespan_s": cb_makespan,
@@ -172,7 +172,7 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
             "rss_mb": avg(celery_mem, "rss_mb"),
             "pss_mb": avg(celery_mem, "pss_mb"),
             "parent_rss_mb": celery_parent.get("rss_mb", float("nan")),
-        },  # fmt: skip
+        },
         "overhead_p50_ms": fleet_o["overhead_p50_ms"],
         "overhead_p95_ms": fleet_o["overhead_p95_ms"],
         "celery_makespan_ratio": fb_makespan / cb_makespan,
