@@ -156,8 +156,7 @@ def test_warnings_go_to_stderr_and_are_not_a_failure(
     warning = TranscriptWarning(WarningCode.SPEAKER_COUNT_NOT_MET.value, "asked for 2 speakers; found 1")
 
     class WarningEngine(Engine):
-        # no default for options: transcribe_files always passes them
-        def transcribe(self, audio: object, options: TranscribeOptions) -> Transcript:
+        def transcribe(self, audio: object, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
             return replace(super().transcribe(audio, options), warnings=(warning,))  # type: ignore[arg-type]
 
     engine = WarningEngine(engine_settings)  # type: ignore[arg-type]
