@@ -20,7 +20,7 @@ from funasr_fleet import metrics
 from funasr_fleet.supervisor.child import ZYGOTE, Child
 
 SAMPLE_EVERY_S = 1.0
-"""How often the supervisor re-reads every child's memory (a few µs per child)."""
+"""How often the supervisor re-reads every child's memory (one /proc read, ~0.15 ms per child measured)."""
 _KIB = 1024
 
 
