@@ -28,6 +28,7 @@ Duplicate events (topic + reply_to) are recognised by their CloudEvents id.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import OrderedDict, deque
@@ -49,6 +50,9 @@ from funasr_fleet.manifest import manifest_key
 from funasr_fleet.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# what closing an already-dead pika connection raises (wrong state, a lost stream)
+_CLOSE_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 MAX_BUFFERED_JOBS = 10_000
 """The watcher sees every job's events; it buffers those of at most this many jobs (oldest dropped)."""
@@ -181,17 +185,42 @@ class Publisher:
 
     def _publish_body(self, job: JobRequest, body: bytes, props: pika.BasicProperties) -> None:
         amqp = self.settings.amqp
+        try:
+            self._publish_retried(
+                lambda channel: channel.basic_publish(
+                    amqp.jobs_exchange, amqp.jobs_routing_key, body, props, mandatory=True
+                ),
+                f"job {job.job_id}",
+            )
+        except pika.exceptions.UnroutableError:
+            raise BrokerUnavailable(
+                f"job {job.job_id} was not routed to a queue "
+                f"(exchange {amqp.jobs_exchange!r}, key {amqp.jobs_routing_key!r})"
+            ) from None
+        except pika.exceptions.NackError:
+            raise BrokerUnavailable(f"the broker refused job {job.job_id} (queue full or unavailable)") from None
+
+    def send(self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
+        """Publish any message (events, control broadcasts) and wait for the confirm; BrokerUnavailable otherwise."""
+        try:
+            self._publish_retried(
+                lambda channel: channel.basic_publish(exchange, routing_key, body, properties), f"to {exchange!r}"
+            )
+        except pika.exceptions.NackError:
+            raise BrokerUnavailable(f"the broker refused a message to {exchange!r}") from None
+
+    def _publish_retried(self, publish: Callable[[Any], None], what: str) -> None:
+        """``publish(channel)`` on our channel, once more on a fresh connection if it failed.
+
+        Raises pika's UnroutableError/NackError as they are (the caller words them), and
+        BrokerUnavailable("publishing <what> failed: ...") for any other broker or socket failure.
+        """
         for attempt in (1, 2):
             try:
-                channel = self._ensure()
-                channel.basic_publish(amqp.jobs_exchange, amqp.jobs_routing_key, body, props, mandatory=True)
-                break
-            except pika.exceptions.UnroutableError:
-                raise BrokerUnavailable(
-                    f"job {job.job_id} was not routed to a queue (exchange {amqp.jobs_exchange!r}, key {amqp.jobs_routing_key!r})"
-                ) from None
-            except pika.exceptions.NackError:
-                raise BrokerUnavailable(f"the broker refused job {job.job_id} (queue full or unavailable)") from None
+                publish(self._ensure())
+                return
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
+                raise
             except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
                 self._channel = None
                 # An idle connection may have been dropped (missed heartbeats): one fresh try. A
@@ -199,22 +228,7 @@ class Publisher:
                 if attempt == 1 and self._own and not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
                     self._drop_connection()
                     continue
-                raise BrokerUnavailable(f"publishing job {job.job_id} failed: {type(exc).__name__}") from None
-
-    def send(self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
-        """Publish any message (events, control broadcasts) and wait for the confirm; BrokerUnavailable otherwise."""
-        for attempt in (1, 2):
-            try:
-                self._ensure().basic_publish(exchange, routing_key, body, properties)
-                return
-            except pika.exceptions.NackError:
-                raise BrokerUnavailable(f"the broker refused a message to {exchange!r}") from None
-            except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
-                self._channel = None
-                if attempt == 1 and self._own and not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
-                    self._drop_connection()
-                    continue
-                raise BrokerUnavailable(f"publishing to {exchange!r} failed: {type(exc).__name__}") from None
+                raise BrokerUnavailable(f"publishing {what} failed: {type(exc).__name__}") from None
 
     def _drop_connection(self) -> None:
         try:
@@ -228,10 +242,8 @@ class Publisher:
 
     def close(self) -> None:
         if self._own and self._connection is not None and self._connection.is_open:
-            try:
+            with contextlib.suppress(*_CLOSE_ERRORS):  # closing a connection that already died
                 self._connection.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                pass
         self._connection = None
         self._channel = None
 
@@ -345,10 +357,8 @@ class EventWatcher:
 
     def close(self) -> None:
         if self._own and self._connection is not None and self._connection.is_open:
-            try:
+            with contextlib.suppress(*_CLOSE_ERRORS):  # closing a connection that already died
                 self._connection.close()
-            except Exception:  # noqa: BLE001
-                pass
 
     def __enter__(self) -> EventWatcher:
         return self
@@ -411,7 +421,7 @@ class ProgressBar:
             fraction, label = data.progress or 0.0, "cancelled"
         else:
             fraction, label = data.progress or 0.0, f"failed: {data.error.code if data.error else '?'}"
-        filled = int(round(self.WIDTH * max(0.0, min(1.0, fraction))))
+        filled = round(self.WIDTH * max(0.0, min(1.0, fraction)))
         line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:5.1f}% {label}"
         if line == self._last:
             return

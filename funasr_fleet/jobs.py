@@ -76,9 +76,10 @@ def parse_s3_uri(value: str | dict[str, Any] | S3Location, *, allow_empty_key: b
     if isinstance(value, S3Location):
         bucket, key = value.bucket, value.key
     elif isinstance(value, dict):
-        bucket, key = value.get("bucket"), value.get("key", value.get("prefix", ""))
-        if not isinstance(bucket, str) or not isinstance(key, str):
+        raw_bucket, raw_key = value.get("bucket"), value.get("key", value.get("prefix", ""))
+        if not isinstance(raw_bucket, str) or not isinstance(raw_key, str):
             raise BadS3Uri(f"S3 location needs string bucket and key: {value!r}")
+        bucket, key = raw_bucket, raw_key
     elif isinstance(value, str):
         if value[: len(S3_SCHEME)].lower() != S3_SCHEME:
             raise BadS3Uri(f"not an s3://bucket/key URI: {value[:200]!r}")
@@ -315,7 +316,7 @@ def check_allowed(job: JobRequest, settings: Settings) -> None:
         return
     if job.audio.bucket not in allowed:
         raise BucketNotAllowed(f"bucket {job.audio.bucket!r} is not in the allow-list")
-    if job.output is not None and job.output.bucket not in allowed + [settings.s3.results_bucket]:
+    if job.output is not None and job.output.bucket not in [*allowed, settings.s3.results_bucket]:
         raise BucketNotAllowed(f"output bucket {job.output.bucket!r} is not in the allow-list")
 
 

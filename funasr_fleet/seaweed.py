@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -107,7 +108,7 @@ class SeaweedServer:
         self._auto_ports = not ports  # picked by us: may be re-picked if another process grabs one first
         self._started_once = False
         self.ports: dict[str, int] = (
-            dict(ports) if ports else dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), host)))
+            dict(ports) if ports else dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), host), strict=True))
         )
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None  # set also when adopted from a pidfile
@@ -184,7 +185,7 @@ class SeaweedServer:
                 if attempt == tries:
                     raise
                 log.warning("seaweed.retry_ports", error=str(exc))
-                self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), self.host)))
+                self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), self.host), strict=True))
         return self  # pragma: no cover
 
     def _start_once(self, *, timeout_s: float, detach: bool) -> None:
@@ -264,23 +265,17 @@ class SeaweedServer:
         pid = self._pid
         if pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.running:
             time.sleep(0.1)
         if self.running:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL ignored (uninterruptible I/O)?
                 self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL ignored?
-                pass
         else:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and pid_alive(pid, reap=True):
@@ -342,22 +337,20 @@ class SeaweedServer:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
+    # no libc.so.6 (musl) or no prctl: the server then outlives a crashed parent, as before
+    with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 @atexit.register
 def _stop_all() -> None:
     for server in list(_live):
-        try:
+        # best effort at exit: one server that fails to stop must not keep the others running
+        with contextlib.suppress(Exception):  # pragma: no cover
             server.stop(timeout_s=5)
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         return 78
     ports: dict[str, int] | None = None
     if args.port:
-        ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), args.host)))
+        ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), args.host), strict=True))
         ports["s3.port"] = args.port
     args.dir.mkdir(parents=True, exist_ok=True)
     server = SeaweedServer(args.dir, access_key=access, secret_key=secret, host=args.host, ports=ports)

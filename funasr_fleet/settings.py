@@ -52,7 +52,10 @@ class EngineSettings(_Section):
     device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:0 ...")
     backend: Literal["torch", "onnx"] = Field(
         "torch",
-        description="Inference backend: torch (FunASR as is) or onnx (VAD, ASR and punctuation in ONNX Runtime, exported once by FunASR's exporter and cached; speakers stay torch).",
+        description=(
+            "Inference backend: torch (FunASR as is) or onnx (VAD, ASR and punctuation in ONNX Runtime, "
+            "exported once by FunASR's exporter and cached; speakers stay torch)."
+        ),
     )
     quantize: Literal["none", "int8"] = Field(
         "none",
@@ -65,7 +68,10 @@ class EngineSettings(_Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="Torch/OpenMP threads for this process. Unset: usable cores (one process), or set by the supervisor to cores // consumers.",
+        description=(
+            "Torch/OpenMP threads for this process. Unset: usable cores (one process), "
+            "or set by the supervisor to cores // consumers."
+        ),
     )
     batch_size_s: int = Field(300, ge=1, description="FunASR dynamic batch size, in seconds of audio.")
     max_end_silence_ms: int = Field(
@@ -129,7 +135,9 @@ class AmqpSettings(_Section):
     observed_max_length: int = Field(
         100_000,
         ge=1,
-        description="Cap on observed_queue; the oldest copies are dropped (those jobs read `unknown` until they start).",
+        description=(
+            "Cap on observed_queue; the oldest copies are dropped (those jobs read `unknown` until they start)."
+        ),
     )
 
 
@@ -285,15 +293,22 @@ class WebhookSettings(_Section):
     secret_file: Path | None = Field(None, description="File holding the signing secret (Kubernetes secret mount).")
     allowed_hosts: list[str] = Field(
         default_factory=list,
-        description="Hosts webhooks may go to: exact names or *.domain; empty = any host (still public addresses only).",
+        description=(
+            "Hosts webhooks may go to: exact names or *.domain; empty = any host (still public addresses only)."
+        ),
     )
     allow_private_networks: bool = Field(
         False,
-        description="Allow private, loopback, link-local and other non-global addresses (never for job callbacks you do not trust).",
+        description=(
+            "Allow private, loopback, link-local and other non-global addresses "
+            "(never for job callbacks you do not trust)."
+        ),
     )
     retry_schedule_s: list[float] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
-        description="Delay before each retry of a failed delivery (about 22 h in all); then the webhook dead-letter queue.",
+        description=(
+            "Delay before each retry of a failed delivery (about 22 h in all); then the webhook dead-letter queue."
+        ),
     )
     connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of one delivery.")
     timeout_s: float = Field(

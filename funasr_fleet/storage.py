@@ -100,6 +100,17 @@ def _clean_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
 
 
+def _json_object(raw: bytes, bucket: str, key: str) -> dict[str, Any]:
+    """The JSON object in ``raw`` (the body of s3://bucket/key); StorageError(storage_invalid_json) otherwise."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StorageError(f"s3://{bucket}/{key} is not valid JSON: {exc}", code="storage_invalid_json") from None
+    if not isinstance(data, dict):
+        raise StorageError(f"s3://{bucket}/{key} is not a JSON object", code="storage_invalid_json")
+    return data
+
+
 def translate(exc: BaseException, *, op: str, bucket: str, key: str | None = None) -> StorageError:
     """Map a boto/urllib3/socket failure onto the fleet's error tree."""
     where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
@@ -253,13 +264,7 @@ class Storage:
             raw = self.get_bytes(bucket, key)
         except ObjectNotFound:
             return None
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StorageError(f"s3://{bucket}/{key} is not valid JSON: {exc}", code="storage_invalid_json") from None
-        if not isinstance(data, dict):
-            raise StorageError(f"s3://{bucket}/{key} is not a JSON object", code="storage_invalid_json")
-        return data
+        return _json_object(raw, bucket, key)
 
     def get_json_versioned(self, bucket: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
         """``(object, etag)`` of a small JSON object, or ``(None, None)``; the etag feeds ``put_json(if_match=)``."""
@@ -273,13 +278,7 @@ class Storage:
                     body.close()
         except ObjectNotFound:
             return None, None
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StorageError(f"s3://{bucket}/{key} is not valid JSON: {exc}", code="storage_invalid_json") from None
-        if not isinstance(data, dict):
-            raise StorageError(f"s3://{bucket}/{key} is not a JSON object", code="storage_invalid_json")
-        return data, _clean_etag(resp.get("ETag"))
+        return _json_object(raw, bucket, key), _clean_etag(resp.get("ETag"))
 
     def put_bytes(
         self,
@@ -399,7 +398,7 @@ class Storage:
     def _abort(self, bucket: str, key: str, upload_id: str) -> None:
         try:
             self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except Exception as exc:  # best effort: a lifecycle rule reaps what is left
+        except Exception as exc:  # noqa: BLE001 - best effort: a lifecycle rule reaps what is left
             log.warning("storage.abort_failed", uri=f"s3://{bucket}/{key}", error=type(exc).__name__)
 
     def upload_file(

@@ -213,7 +213,7 @@ def test_output_prefix_invalid_in_uri_form() -> None:
     raises(OutputPrefixInvalid, "output_prefix_invalid", body(output="s3://fleet-results/a/../../b"))
 
 
-@pytest.mark.parametrize("formats", [["pdf"], ["json", "docx"], ["srt", ""], ["json "] + ["mp3"]])
+@pytest.mark.parametrize("formats", [["pdf"], ["json", "docx"], ["srt", ""], ["json ", "mp3"]])
 def test_unsupported_format(formats: list[str]) -> None:
     err = raises(UnsupportedFormat, "unsupported_format", body(formats=formats))
     assert "supported" in err.message

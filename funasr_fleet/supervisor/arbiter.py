@@ -30,6 +30,7 @@ from funasr_fleet.heartbeat import READY_STATES
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import Settings
 from funasr_fleet.supervisor.child import ZYGOTE, Child
+from funasr_fleet.supervisor.memory import MemoryWatch
 from funasr_fleet.supervisor.policy import Action, Cause, Death, RestartPolicy, ThreadPlan, classify
 from funasr_fleet.supervisor.rolling import RollingRestart
 from funasr_fleet.supervisor.rundir import make_run_dir
@@ -84,6 +85,7 @@ class Arbiter:
         self.halt_reason: str | None = None
         self.last_tick = time.monotonic()
         self.signals = SignalQueue()
+        self.memory = MemoryWatch()
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
@@ -112,6 +114,7 @@ class Arbiter:
                 now_wall = time.time()
                 for child in list(self.children.values()):
                     self.watch.check(child, now, now_wall)
+                self.memory.step(now, self.children, self.slots)
                 if self.stopping:
                     if self._drain_step(now):
                         break
@@ -244,6 +247,7 @@ class Arbiter:
             metrics.mark_process_dead(pid)
             child = self.children.pop(pid, None)
             if child is not None:
+                child.reaped(status)
                 self._on_exit(child, status, now)
 
     def _on_exit(self, child: Child, status: int, now: float) -> None:
@@ -277,6 +281,8 @@ class Arbiter:
             "cause": death.cause.value,
             "uptime_s": round(now - child.started_mono, 3),
         }
+        if child.memory is not None:  # the last sample: an OOM kill's peak is at least this
+            fields["peak_rss_bytes"] = child.memory.peak_rss_bytes
         if death.cause not in _QUIET_CAUSES:
             fields["last_words"] = child.last_words()
         log_fn = log.info if death.cause in (*_QUIET_CAUSES, Cause.DEADLINE) else log.warning

@@ -10,6 +10,7 @@ succeeded. Good-job throughput per test is printed as a table at the end (a figu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -111,10 +112,8 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         log.delete()
         delete_amqp_entities(amqp_url, settings)
         for b in (inbox, results, other):
-            try:
+            with contextlib.suppress(Exception):  # best effort cleanup
                 storage.delete_bucket(b)
-            except Exception:  # noqa: BLE001
-                pass
         tr = request.config.pluginmanager.getplugin("terminalreporter")
         capman = request.config.pluginmanager.getplugin("capturemanager")
         if tr is not None and capman is not None and rig.rows:
@@ -155,7 +154,7 @@ CASES: dict[str, tuple[Body, str, str]] = {
         lambda r, i: job(i, r.uri("good.wav"), output=f"s3://{r.results}/a/../../b"),
         "output_prefix_invalid",
         "job",
-    ),  # fmt: skip
+    ),
     "unsupported-format": (
         lambda r, i: {**job(i, r.uri("good.wav")), "formats": ["docx"]},
         "unsupported_format",
@@ -174,28 +173,28 @@ CASES: dict[str, tuple[Body, str, str]] = {
         lambda r, i: {"EventName": "s3:ObjectCreated:Put", "Key": f"{r.inbox}/a.wav"},
         "schema_invalid",
         "s3-event",
-    ),  # fmt: skip
+    ),
     "s3-event-bad-record": (
         lambda r, i: {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": r.inbox}}}]},
         "schema_invalid",
         "s3-event",
-    ),  # fmt: skip
+    ),
     "s3-event-bad-size": (
         lambda r, i: {"Records": [s3_record(r.inbox, "drop.wav", size=-5, eTag="abc")]},
         "schema_invalid",
         "s3-event",
-    ),  # fmt: skip
+    ),
     "s3-event-bad-key-escape": (
         lambda r, i: {"Records": [s3_record(r.inbox, "drops%2F%FF%FE.wav", size=5, eTag="abc")]},
         "schema_invalid",
         "s3-event",
-    ),  # fmt: skip
+    ),
     # hotwords: the documented limits (engine/hotwords.py), refused before any work
     "hotwords-too-many": (
         lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [f"w{n}" for n in range(201)]}),
         "schema_invalid",
         "job",
-    ),  # fmt: skip
+    ),
     "hotword-too-long": (
         lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": ["x" * 65]}),
         "schema_invalid",
@@ -205,7 +204,7 @@ CASES: dict[str, tuple[Body, str, str]] = {
         lambda r, i: job(i, r.uri("good.wav"), options={"hotwords": [{"url": "http://10.0.0.1/"}]}),
         "schema_invalid",
         "job",
-    ),  # fmt: skip
+    ),
 }
 
 
