@@ -13,6 +13,7 @@ enqueue an object once; a marker younger than ``intake.sweep_recent_s`` means "e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -143,10 +144,19 @@ def drops_in(body: dict[str, Any], settings: Settings) -> tuple[list[Record], li
         if record.event_class is EventClass.OTHER:
             reasons.append(f"event {record.event} is not an object creation")
         elif record.event_class is EventClass.METADATA:
-            reasons.append(f"{record.uri}: event {record.event} is metadata-only (tags, retention or legal hold), not new bytes")  # fmt: skip
+            reasons.append(
+                f"{record.uri}: event {record.event} is metadata-only (tags, retention or legal hold), not new bytes"
+            )
         elif record.event_class is EventClass.UNKNOWN_CREATED:
-            log.warning("s3 event of an unknown ObjectCreated kind; not treated as an upload", event_name=record.event, object=record.uri)  # fmt: skip
-            reasons.append(f"{record.uri}: event {record.event} is an ObjectCreated kind this version does not know (the sweep covers real uploads)")  # fmt: skip
+            log.warning(
+                "s3 event of an unknown ObjectCreated kind; not treated as an upload",
+                event_name=record.event,
+                object=record.uri,
+            )
+            reasons.append(
+                f"{record.uri}: event {record.event} is an ObjectCreated kind this version does not know"
+                " (the sweep covers real uploads)"
+            )
         elif (reason := skip_reason(settings, record.bucket, record.key)) is not None:
             reasons.append(f"{record.uri}: {reason}")
         else:
@@ -397,10 +407,8 @@ def sweep(
         try:
             publish(job)
         except BaseException:
-            try:
+            with contextlib.suppress(StorageError):
                 storage.delete(settings.s3.results_bucket, marker_key(str(job.job_id)))
-            except StorageError:
-                pass
             raise
         report.enqueued += 1
         report.job_ids.append(str(job.job_id))

@@ -6,6 +6,7 @@ In-process consumers (``run_consumer`` on a thread) keep these fast; the signal/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -123,10 +124,8 @@ class Broker:
         raise AssertionError(f"nothing in {queue}")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.conn.close()
-        except Exception:
-            pass
 
 
 def heartbeat_state(path: Path) -> dict[str, Any] | None:
