@@ -7,6 +7,7 @@ Real RabbitMQ, real S3 (SeaweedFS), the real consumer with the tiny models, the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -248,6 +249,15 @@ def test_cancel_finished_and_unknown_jobs_change_nothing(
     assert cancel.read_marker(storage, s, job_id) is None and cancel.read_marker(storage, s, "j-never-was") is None
 
 
+def replaced_pids(fleet_proc: Fleet, first: int) -> list[int] | None:
+    pids = fleet_proc.ready_pids()
+    return pids if pids and first not in pids else None
+
+
+def reaped(fleet_proc: Fleet, pid: int) -> bool | None:
+    return all(c["pid"] != pid for c in fleet_proc.status().get("consumers", [])) or None
+
+
 # --- the supervisor: cancelled consumer replaced, dead letters announced by its sidecar -------------
 def test_supervisor_replaces_a_cancelled_consumer_and_announces_dead_letters(
     consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage,
@@ -267,9 +277,8 @@ def test_supervisor_replaces_a_cancelled_consumer_and_announces_dead_letters(
             broker.wait_event(lambda e: e.subject == job_id and e.data.stage == "decoded", 120)
             fleet.cancel(job_id)
             assert broker.final(job_id, 60).kind == "cancelled"
-            replaced: list[int] = wait_for(lambda: p if (p := fleet_proc.ready_pids()) and p != [first] else None,
-                                           180, what="a replacement consumer")  # type: ignore[arg-type,return-value]  # fmt: skip
-            assert first not in replaced
+            replaced = wait_for(functools.partial(replaced_pids, fleet_proc, first), 180, what="a replacement")
+            assert replaced and first not in replaced
             died = [x for x in fleet_proc.logs() if x.get("pid") == first and x.get("cause")]
             assert died and died[-1]["cause"] == "cancelled" and died[-1]["exit_code"] == exitcodes.JOB_CANCELLED
             assert fleet_proc.metric('fleet_consumer_restarts_total{cause="cancelled"}') == 1
@@ -284,12 +293,7 @@ def test_supervisor_replaces_a_cancelled_consumer_and_announces_dead_letters(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 killed += 1
-                gone = pid
-
-                def reaped() -> bool | None:
-                    return all(c["pid"] != gone for c in fleet_proc.status().get("consumers", [])) or None
-
-                wait_for(reaped, 30, what="the killed consumer reaped")
+                wait_for(functools.partial(reaped, fleet_proc, pid), 30, what="the killed consumer reaped")
             result = fleet.wait(oom, timeout_s=120)
         assert result.status == "failed" and result.error_code == "delivery_limit_exceeded", result
         time.sleep(2.0)
