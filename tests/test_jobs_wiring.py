@@ -34,6 +34,7 @@ from tests.test_intake import minio_body
 consumer_settings = test_consumer.consumer_settings  # fixtures shared with the consumer tests
 broker_for = test_consumer.broker_for
 LONG_AUDIO_S = 600.0
+MEDIUM_AUDIO_S = 90.0
 STAGES = ["downloaded", "decoded", "transcribed", "uploaded"]
 
 
@@ -41,6 +42,12 @@ STAGES = ["downloaded", "decoded", "transcribed", "uploaded"]
 def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~10 minutes of speech: a model call of several seconds with the tiny engine."""
     return synth_speech(tmp_path_factory.mktemp("long") / "long.wav", LONG_AUDIO_S)
+
+
+@pytest.fixture(scope="module")
+def medium_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~1.5 minutes of speech: a model call of some seconds, short enough to wait for."""
+    return synth_speech(tmp_path_factory.mktemp("medium") / "medium.wav", MEDIUM_AUDIO_S)
 
 
 @pytest.fixture
@@ -121,11 +128,11 @@ def test_failed_job_and_bucket_drop_statuses(
 
 def test_status_after_a_consumer_sigkill(
     consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage,
-    long_audio: Path, spawn: Callable[..., ConsumerProcess],
+    medium_audio: Path, spawn: Callable[..., ConsumerProcess],
 ) -> None:  # fmt: skip
     s = consumer_settings(consumer={"result_reuse": False})
     broker = broker_for(s)
-    audio = upload(storage, s.s3.inbox_bucket, "long.wav", long_audio)
+    audio = upload(storage, s.s3.inbox_bucket, "medium.wav", medium_audio)
     doomed = spawn(s)
     doomed.wait_ready()
     with Client(s) as fleet:
@@ -178,20 +185,23 @@ def test_cancelled_queued_job_never_starts(
 
 def test_cancel_a_running_job_at_its_next_stage_boundary(
     consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage,
-    long_audio: Path, audio_dir: Path,
+    medium_audio: Path, audio_dir: Path,
 ) -> None:  # fmt: skip
     s = consumer_settings(consumer={"result_reuse": False}, jobs={"cancel_grace_s": 600})
     broker = broker_for(s)
-    audio = upload(storage, s.s3.inbox_bucket, "long.wav", long_audio)
+    audio = upload(storage, s.s3.inbox_bucket, "medium.wav", medium_audio)
     short = upload(storage, s.s3.inbox_bucket, "short.wav", audio_dir / "dialogue.wav")
-    with consumer_thread(s), Client(s) as fleet:
-        job_id = fleet.submit(audio, formats=["json", "srt"])
+    with consumer_thread(s):  # one Client per call: a client idle through a long wait loses its connection
+        with Client(s) as fleet:
+            job_id = fleet.submit(audio, formats=["json", "srt"])
         broker.wait_event(lambda e: e.subject == job_id and e.data.stage == "decoded", 120)
         t0 = time.monotonic()
-        assert fleet.cancel(job_id, reason="wrong file").outcome is Outcome.CANCELLING
+        with Client(s) as fleet:
+            assert fleet.cancel(job_id, reason="wrong file").outcome is Outcome.CANCELLING
         final = broker.final(job_id, 300)
         latency = time.monotonic() - t0
-        nxt = fleet.submit(short, formats=["json"])  # the same consumer goes on with the next job
+        with Client(s) as fleet:  # the same consumer goes on with the next job
+            nxt = fleet.submit(short, formats=["json"])
         assert broker.final(nxt, 120).kind == "succeeded"
     assert final.kind == "cancelled" and final.source == events.CANCEL_SOURCE
     stages = [e.data.stage for e in broker.of(job_id) if e.kind == "progress"]
