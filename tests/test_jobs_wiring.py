@@ -294,7 +294,7 @@ def test_supervisor_replaces_a_cancelled_consumer_and_announces_dead_letters(
             assert fleet_proc.metric('fleet_consumer_restarts_total{cause="cancelled"}') == 1
 
             # a job that kills its consumer on every delivery (the OOM killer, simulated)
-            oom = fleet.submit(audio, formats=["json"], metadata={"case": "oom"})
+            oom = fleet.submit(audio, formats=["srt"], job_id="j-oom-every-time")  # not the cancelled job's id
             killed = 0
             while killed <= s.amqp.delivery_limit:
                 pid: int = wait_for(lambda: next((c["pid"] for c in fleet_proc.status().get("consumers", [])

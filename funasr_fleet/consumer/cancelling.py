@@ -32,7 +32,7 @@ from funasr_fleet.consumer.context import JobContext, Outcome
 from funasr_fleet.consumer.status import StatusWriter
 from funasr_fleet.errors import FleetError, JobCancelled, JobWasCancelled
 from funasr_fleet.jobstate import JobState, JobStatus
-from funasr_fleet.manifest import MANIFEST_NAME
+from funasr_fleet.manifest import MANIFEST_NAME, manifest_key
 from funasr_fleet.settings import Settings
 
 log = structlog.get_logger("funasr_fleet.consumer.cancelling")
@@ -108,7 +108,9 @@ class Canceller:
             return  # committed before any cancel took effect: the manifest answers this delivery
         if state is JobState.CANCELLED:
             raise JobWasCancelled("the job was cancelled while queued; not started")
-        self._check_marker(ctx)
+        marker = cancel.read_marker(self.storage, self.settings, ctx.job_id)
+        if marker is not None and not self._committed(ctx):  # after a commit (its status write lost) it is moot
+            self._stop(ctx, marker, "before it started")
 
     def at_boundary(self, ctx: JobContext, stage: str) -> None:
         """A stage boundary: record ``running`` at ``stage``, then stop if the job was cancelled."""
@@ -117,12 +119,22 @@ class Canceller:
             raise JobWasCancelled(f"cancelled; stopped at the {stage} stage boundary")
         self._check_marker(ctx, stage)
 
-    def _check_marker(self, ctx: JobContext, stage: str | None = None) -> None:
+    def _committed(self, ctx: JobContext) -> bool:
+        """A manifest of this job exists at its output prefix (the manifest then answers the delivery)."""
+        if ctx.plan is None:
+            return False
+        out = ctx.plan.output
+        manifest = self.storage.get_json(out.bucket, manifest_key(out.key))
+        return bool(manifest) and manifest.get("job_id") == ctx.job_id
+
+    def _check_marker(self, ctx: JobContext, stage: str) -> None:
         marker = cancel.read_marker(self.storage, self.settings, ctx.job_id)
         if marker is not None:
-            ctx.running.request_cancel(str(marker.get("id") or "none"), time.monotonic())
-            where = f"at the {stage} stage boundary" if stage else "before it started"
-            raise JobWasCancelled(f"cancelled; stopped {where}")
+            self._stop(ctx, marker, f"at the {stage} stage boundary")
+
+    def _stop(self, ctx: JobContext, marker: dict[str, Any], where: str) -> None:
+        ctx.running.request_cancel(str(marker.get("id") or "none"), time.monotonic())
+        raise JobWasCancelled(f"cancelled; stopped {where}")
 
     # --- the cancel --------------------------------------------------------------------------------
     def finish(self, ctx: JobContext, reason: JobWasCancelled) -> None:
