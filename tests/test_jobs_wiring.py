@@ -20,7 +20,10 @@ import pytest
 from funasr_fleet import cancel, events, exitcodes, jobstate
 from funasr_fleet.cancel import Outcome
 from funasr_fleet.client import Client
+from funasr_fleet.consumer.cancelling import UploadLog
+from funasr_fleet.errors import JobCancelled
 from funasr_fleet.jobstate import JobState
+from funasr_fleet.manifest import MANIFEST_NAME
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
 from tests import test_consumer
@@ -160,7 +163,10 @@ def test_cancelled_queued_job_never_starts(
     reply_q = broker.reply_queue()
     with Client(s) as fleet:
         job_id = fleet.submit(audio, delete_source=True)
-        assert fleet.cancel(job_id).outcome is Outcome.CANCELLED
+        t0 = time.perf_counter()
+        assert fleet.cancel(job_id).outcome is Outcome.CANCELLED  # job.cancelled is out when this returns
+        print(f"\ncancel latency, queued job (Client.cancel until job.cancelled published): "
+              f"{(time.perf_counter() - t0) * 1000:.0f} ms")  # fmt: skip
     # a job published straight to AMQP that no one recorded, cancelled with --force
     broker.publish(job_body(audio, "j-raw-forced"), reply_to=reply_q, correlation_id="c-1")
     with Client(s) as fleet:
@@ -266,6 +272,24 @@ def replaced_pids(fleet_proc: Fleet, first: int) -> list[int] | None:
 
 def reaped(fleet_proc: Fleet, pid: int) -> bool | None:
     return all(c["pid"] != pid for c in fleet_proc.status().get("consumers", [])) or None
+
+
+def test_upload_log_closes_and_names_what_this_attempt_wrote(storage: Storage, make_bucket: Callable[..., str]) -> None:
+    """What a cancel deletes: every output this attempt wrote, never a manifest; nothing is written after."""
+    bucket = make_bucket()
+    log = UploadLog(storage)
+    log.put_bytes(bucket, "out/j/transcript.json", b"{}")
+    log.upload_chunks(bucket, "out/j/transcript.srt", iter([b"1\n"]), content_type="text/plain")
+    log.put_json(bucket, f"out/j/{MANIFEST_NAME}", {"job_id": "j"})
+    assert log.get_bytes(bucket, "out/j/transcript.json") == b"{}"  # reads pass through
+    assert log.close() == [(bucket, "out/j/transcript.json"), (bucket, "out/j/transcript.srt")]
+    assert log.manifest_written
+    with pytest.raises(JobCancelled):
+        log.put_bytes(bucket, "out/j/late.txt", b"late")
+    assert not storage.exists(bucket, "out/j/late.txt")
+    log.reset()
+    log.put_bytes(bucket, "out/k/transcript.json", b"{}")
+    assert log.close() == [(bucket, "out/k/transcript.json")] and not log.manifest_written
 
 
 # --- the supervisor: cancelled consumer replaced, dead letters announced by its sidecar -------------
