@@ -152,6 +152,36 @@ def test_status_after_a_consumer_sigkill(
     assert [h.stage for h in st.history if h.state is JobState.RUNNING].count(None) == 2  # started twice
 
 
+def test_status_through_a_retry_and_a_final_failure(
+    consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage,
+    medium_audio: Path, spawn: Callable[..., ConsumerProcess],
+) -> None:  # fmt: skip
+    """The deadline path (loop thread): attempt 1 times out → ``queued`` attempt 2; attempt 2 → ``failed``."""
+    s = consumer_settings(consumer={"deadline_base_s": 1.0, "deadline_factor": 0.0, "retry_max_attempts": 2,
+                                    "result_reuse": False})  # fmt: skip
+    broker = broker_for(s)
+    audio = upload(storage, s.s3.inbox_bucket, "medium.wav", medium_audio)
+    with Client(s) as fleet:
+        job_id = fleet.submit(audio, formats=["json"])
+    first = spawn(s)
+    assert first.wait(180) == exitcodes.JOB_TIMEOUT, first.output()
+    st = jobstate.read(storage, s, job_id)
+    assert st.state is JobState.QUEUED and st.attempt == 2 and st.error is not None and st.error.code == "timeout"
+    second = spawn(s)
+    assert second.wait(180) == exitcodes.JOB_TIMEOUT, second.output()
+    final = broker.final(job_id, 30)
+    st = jobstate.read(storage, s, job_id)
+    assert final.kind == "failed" and st.state is JobState.FAILED and st.attempt == 2
+    assert st.error is not None and st.error.code == "timeout"
+    assert [h.state.value for h in st.history if h.stage is None] == [
+        "queued",
+        "running",
+        "queued",
+        "running",
+        "failed",
+    ]
+
+
 # --- cancel ----------------------------------------------------------------------------------------
 def test_cancelled_queued_job_never_starts(
     consumer_settings: Callable[..., Settings], broker_for: Callable[[Settings], Broker], storage: Storage,
