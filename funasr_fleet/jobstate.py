@@ -147,10 +147,14 @@ class Update:
     """A new submission (publisher): may re-open a failed or cancelled job as a new run."""
     create_only: bool = False
     """Only when no status exists yet (the announcer's copy of a published job may arrive late)."""
+    only_from: frozenset[JobState] | None = None
+    """Only when the stored state is one of these (``cancel``: only a still-queued job becomes cancelled)."""
 
 
 def accepts(current: JobStatus | None, update: Update) -> bool:
     """Whether ``update`` may follow ``current`` (the monotonic-transition rule; pure)."""
+    if update.only_from is not None and (current.state if current else JobState.UNKNOWN) not in update.only_from:
+        return False
     if current is None or current.state is JobState.UNKNOWN:
         return True
     if update.create_only:

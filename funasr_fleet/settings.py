@@ -233,6 +233,11 @@ class SupervisorSettings(_Section):
         description="fork = load the model once in a zygote and fork consumers from it: weights shared "
         "copy-on-write, restarts in milliseconds; CPU only. none = each consumer loads its own.",
     )
+    announcer: bool = Field(
+        True,
+        description="Run the dead-letter announcer (`funasr-fleet announce`) as one extra child: broker dead-letters "
+        "get their job.failed event and status. Off when it runs as its own Deployment.",
+    )
 
 
 class IntakeSettings(_Section):

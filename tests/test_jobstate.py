@@ -61,6 +61,15 @@ def test_create_only_never_overwrites() -> None:
         assert not accepts(at(state), up(Q, create_only=True))
 
 
+def test_only_from_guards_the_cancel_of_a_queued_job() -> None:
+    """cancel writes ``cancelled`` only over ``queued``: a consumer that started the job meanwhile stops it itself."""
+    only_queued = frozenset({JobState.QUEUED})
+    cancelled = Update(job_id="j", state=JobState.CANCELLED, by="cancel", only_from=only_queued)
+    assert accepts(JobStatus(job_id="j", state=JobState.QUEUED), cancelled)
+    assert not accepts(JobStatus(job_id="j", state=JobState.RUNNING), cancelled)
+    assert not accepts(None, cancelled)
+
+
 def test_advance_records_times_stages_and_history() -> None:
     s = advance(None, up(Q, at="2026-01-01T00:00:00Z", attempt=1, input="s3://a/b.wav", output_prefix="s3://r/p"))
     assert s is not None and s.state is Q and s.times == {"queued": "2026-01-01T00:00:00Z"}

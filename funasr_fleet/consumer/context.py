@@ -25,6 +25,7 @@ class Outcome(StrEnum):
     RETRIED = "retried"  # re-published to a delay tier with attempt + 1
     REQUEUED = "requeued"  # the retry could not be scheduled: nack-requeued
     ABANDONED = "abandoned"  # the loop settled it (deadline, forced stop)
+    CANCELLED = "cancelled"  # cancelled (funasr-fleet cancel): job.cancelled published, acked
     IGNORED = "ignored"  # a bucket notification that announces no job
     FANNED_OUT = "fanned_out"  # a bucket notification turned into job messages
 

@@ -34,6 +34,7 @@ from funasr_fleet.supervisor.memory import MemoryWatch
 from funasr_fleet.supervisor.policy import Action, Cause, Death, RestartPolicy, ThreadPlan, classify
 from funasr_fleet.supervisor.rolling import RollingRestart
 from funasr_fleet.supervisor.rundir import make_run_dir
+from funasr_fleet.supervisor.sidecar import AnnouncerSidecar
 from funasr_fleet.supervisor.signals import SignalQueue
 from funasr_fleet.supervisor.spawn import Spawner, become_subreaper, default_consumer_command
 from funasr_fleet.supervisor.status import snapshot
@@ -86,6 +87,7 @@ class Arbiter:
         self.last_tick = time.monotonic()
         self.signals = SignalQueue()
         self.memory = MemoryWatch()
+        self.sidecar = AnnouncerSidecar() if self.sup.announcer else None  # not a consumer (supervisor/sidecar.py)
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
@@ -121,6 +123,8 @@ class Arbiter:
                 else:
                     self.rolling.step(self)
                     self._spawn_due(now)
+                    if self.sidecar is not None:
+                        self.sidecar.step(now)
                 metrics.consumers(alive=self.alive_count(), ready=self.ready_count())
                 self.signals.sleep(self._sleep_s())
         finally:
@@ -249,6 +253,8 @@ class Arbiter:
             if child is not None:
                 child.reaped(status)
                 self._on_exit(child, status, now)
+            elif self.sidecar is not None:
+                self.sidecar.reaped(pid, status, now)
 
     def _on_exit(self, child: Child, status: int, now: float) -> None:
         if child.sock is not None:
@@ -285,7 +291,7 @@ class Arbiter:
             fields["peak_rss_bytes"] = child.memory.peak_rss_bytes
         if death.cause not in _QUIET_CAUSES:
             fields["last_words"] = child.last_words()
-        log_fn = log.info if death.cause in (*_QUIET_CAUSES, Cause.DEADLINE) else log.warning
+        log_fn = log.info if death.cause in (*_QUIET_CAUSES, Cause.DEADLINE, Cause.CANCELLED) else log.warning
         log_fn(f"{child.name} exited: " + death.describe(), **fields)
 
     def _replace(self, child: Child, death: Death, now: float) -> None:
@@ -316,13 +322,17 @@ class Arbiter:
         self.stop_deadline = now + self.sup.grace_period_s
         for child in list(self.children.values()):
             child.stop()
+        if self.sidecar is not None:
+            self.sidecar.stop()
 
     def _drain_step(self, now: float) -> bool:
         """True when every child is gone; SIGKILL for what is left once the grace period is over."""
-        if not self.children:
+        if not self.children and (self.sidecar is None or not self.sidecar.alive):
             return True
         if self.state is FleetState.DRAINING and self.stop_deadline is not None and now >= self.stop_deadline:
             self.state = FleetState.KILLING
+            if self.sidecar is not None:
+                self.sidecar.send(signal.SIGKILL)
             for child in list(self.children.values()):
                 log.warning(
                     "grace period over: SIGKILL",
