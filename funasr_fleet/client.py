@@ -167,10 +167,7 @@ class Publisher:
         )
         body = job.to_body()
         by = jobstate.writer_id("publisher")
-        fields = jobstate.job_fields(job, self.settings)
-        queued = jobstate.Update(
-            job_id=str(job.job_id), state=jobstate.JobState.QUEUED, by=by, attempt=1, reopen=True, **fields
-        )
+        queued = jobstate.enqueued(job, self.settings, by)
         recorded = jobstate.try_record(self.storage, self.settings, queued) if self.settings.jobs.status else None
         try:
             self._publish_body(job, body, props)

@@ -362,3 +362,14 @@ def job_fields(job: Any, settings: Settings) -> dict[str, Any]:
     """Update fields a :class:`funasr_fleet.jobs.JobRequest` gives: input, output prefix, callback."""
     out = job.output_location(settings)
     return {"input": job.audio.uri, "output_prefix": f"s3://{out.bucket}/{out.key}", "callback": job.callback}
+
+
+def enqueued(job: Any, settings: Settings, by: str) -> Update:
+    """The ``queued`` transition written just before a job message is published (attempt 1).
+
+    ``reopen``: publishing a job id again (a resubmission, a bucket notification's fan-out retried)
+    starts it over; its consumer answers from the manifest if the job had already succeeded.
+    """
+    return Update(
+        job_id=str(job.job_id), state=JobState.QUEUED, by=by, attempt=1, reopen=True, **job_fields(job, settings)
+    )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from funasr_fleet import envelope, intake
+from funasr_fleet import envelope, intake, jobstate
 from funasr_fleet.consumer.context import JobContext, Outcome
 from funasr_fleet.settings import Settings
 
@@ -43,7 +43,10 @@ def fan_out(ctx: JobContext, notification: dict[str, Any], settings: Settings, s
         ctx.outcome = Outcome.IGNORED
         return
     received = ctx.delivery.properties
+    by = jobstate.writer_id("intake")
     for job in result:
+        if settings.jobs.status:  # a dropped file's job reads queued, not unknown, until a consumer takes it
+            jobstate.try_record(storage, settings, jobstate.enqueued(job, settings, by))
         props = envelope.job_properties(
             str(job.job_id),
             app_id=envelope.INTAKE_APP_ID,
