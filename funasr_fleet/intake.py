@@ -44,7 +44,7 @@ MAX_SWEEP_ENQUEUES = 3
 """An object still without a manifest after this many sweep enqueues is left alone (it keeps failing)."""
 
 Publish = Callable[[JobRequest], Any]
-"""Enqueue one job (``client.Publisher`` is one); raises BrokerUnavailable when not confirmed."""
+"""Enqueue one job (``publisher.Publisher`` is one); raises BrokerUnavailable when not confirmed."""
 
 
 @dataclass(frozen=True)

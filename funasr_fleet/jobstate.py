@@ -1,7 +1,7 @@
 """Job status by id: one small JSON object per job, ``_fleet/jobs/<job_id>.json`` in the results bucket.
 
 Writers (each write is one transition, applied by :func:`record` with a conditional PUT):
-- publishers (``client.Publisher``: ``Client.submit``, ``funasr-fleet submit``, the sweep) write ``queued``
+- publishers (``publisher.Publisher``: ``Client.submit``, ``funasr-fleet submit``, the sweep) write ``queued``
   BEFORE publishing, so a job whose ``submit`` returned reads ``queued`` (or later) at once;
 - the announcer writes ``queued`` for jobs published straight to AMQP (create-only, from its copy of the
   jobs exchange's input) and ``failed`` (``delivery_limit_exceeded``) for broker dead-letters;

@@ -375,7 +375,7 @@ def test_concurrent_sweeps_enqueue_each_object_once(storage: Storage, sweep_sett
 
 
 def test_sweep_publishes_to_the_real_jobs_queue(storage: Storage, sweep_settings: Settings) -> None:
-    from funasr_fleet.client import Publisher
+    from funasr_fleet.publisher import Publisher
 
     s = sweep_settings
     job_id = _drop(storage, s, "q/real.wav")
@@ -399,7 +399,7 @@ def test_bucket_drop_and_sweep_with_the_real_consumer(
     fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
 ) -> None:
     """A MinIO-format event → the real consumer → outputs + manifest; a drop whose event was lost → the sweep."""
-    from funasr_fleet.client import EventWatcher
+    from funasr_fleet.waiting import EventWatcher
     from tests.test_consumer import consumer_thread
 
     s = fleet_settings(
@@ -431,7 +431,7 @@ def test_bucket_drop_and_sweep_with_the_real_consumer(
         assert manifest is not None and manifest["job_id"] == job_id
         assert [u.rsplit(".", 1)[1] for u in result.outputs[:-1]] == s.intake.formats
 
-        from funasr_fleet.client import Publisher
+        from funasr_fleet.publisher import Publisher
 
         with Publisher(s) as publisher:
             report = intake.sweep(s, storage, publisher)

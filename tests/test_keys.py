@@ -183,7 +183,8 @@ def test_awkward_keys_end_to_end(
     audio_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from funasr_fleet.client import Client, EventWatcher
+    from funasr_fleet.client import Client
+    from funasr_fleet.waiting import EventWatcher
     from tests.fixtures.services import subprocess_env
     from tests.test_consumer import consumer_thread
 

@@ -17,12 +17,14 @@ import pytest
 
 from funasr_fleet import cancel, events, intake, jobstate
 from funasr_fleet.cancel import Outcome
-from funasr_fleet.client import Client, EventWatcher, Publisher, build_job
+from funasr_fleet.client import Client, build_job
 from funasr_fleet.errors import BrokerUnavailable, CallbackNotAllowed
 from funasr_fleet.jobstate import JobState, Update
 from funasr_fleet.manifest import manifest_key
+from funasr_fleet.publisher import Publisher
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
+from funasr_fleet.waiting import EventWatcher
 from tests.fixtures.services import subprocess_env
 
 

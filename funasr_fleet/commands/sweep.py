@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from funasr_fleet import intake
-    from funasr_fleet.client import Publisher
     from funasr_fleet.errors import ConfigError, FleetError
     from funasr_fleet.logs import get_logger, setup_logging
+    from funasr_fleet.publisher import Publisher
     from funasr_fleet.settings import load_settings
     from funasr_fleet.storage import Storage
 
