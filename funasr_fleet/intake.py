@@ -29,8 +29,9 @@ from funasr_fleet.bucket_events import EventClass, Record, parse_records
 from funasr_fleet.errors import FleetError, ObjectNotFound, SchemaInvalid, StorageError
 from funasr_fleet.jobs import MAX_KEY_BYTES, JobRequest, S3Location, job_id_for_object, safe_prefix
 from funasr_fleet.manifest import manifest_key, records_object
+from funasr_fleet.s3objects import ObjectInfo
 from funasr_fleet.settings import Settings
-from funasr_fleet.storage import ObjectInfo, Storage, WriteConflict
+from funasr_fleet.storage import Storage, WriteConflict
 
 log = structlog.get_logger(__name__)
 

@@ -33,7 +33,8 @@ from funasr_fleet.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from funasr_fleet.engine.pipeline import Engine
-    from funasr_fleet.storage import Downloaded, Storage
+    from funasr_fleet.s3objects import Downloaded
+    from funasr_fleet.storage import Storage
 
 log = structlog.get_logger("funasr_fleet.consumer.stages")
 
