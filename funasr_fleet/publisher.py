@@ -62,7 +62,7 @@ def declare(channel: Any, settings: Settings) -> None:
 
 
 class Publisher:
-    """Publishes job requests with confirms; callable, so ``intake.sweep`` can use it directly.
+    """Publishes job requests with confirms; callable, so ``reconcile.sweep`` can use it directly.
 
     With ``jobs.status`` on, each job is recorded as ``queued`` before it is published (``storage`` is
     made from the settings when not given); a status write that fails is logged, never fatal.

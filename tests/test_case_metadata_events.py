@@ -24,7 +24,7 @@ from typing import Any
 import pika
 import pytest
 
-from funasr_fleet import intake
+from funasr_fleet import intake, reconcile
 from funasr_fleet.jobs import job_id_for_object
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.settings import Settings
@@ -144,5 +144,5 @@ def test_metadata_events_case_gives_one_transcription_and_one_event(
     manifest = storage.get_json(out.bucket, manifest_key(out.key))
     assert manifest is not None and manifest["job_id"] == job_id
     assert manifest["input"]["etag"].strip('"') == info.etag.strip('"')
-    report = intake.sweep(s, storage, lambda job: pytest.fail(f"the sweep enqueued {job.job_id}"))
+    report = reconcile.sweep(s, storage, lambda job: pytest.fail(f"the sweep enqueued {job.job_id}"))
     assert report.enqueued == 0 and report.recent + report.done == 1

@@ -324,9 +324,9 @@ def test_cli_submit_wait_upload_and_failure_with_the_real_consumer(
         up_uris = [line for line in up.stdout.splitlines() if line.startswith("s3://")]
         assert up_uris[-1].endswith(MANIFEST_NAME)
         # The uploaded object sits in the inbox and its job is the bucket-drop job: the sweep skips it.
-        from funasr_fleet import intake
+        from funasr_fleet import reconcile
 
-        report = intake.sweep(s, storage, lambda job: pytest.fail(f"sweep re-enqueued {job.audio.key}"),
+        report = reconcile.sweep(s, storage, lambda job: pytest.fail(f"sweep re-enqueued {job.audio.key}"),
                               objects=[o for o in storage.list_objects(s.s3.inbox_bucket, "") if "dialogue" in o.key and not o.key.startswith("cli/")])  # fmt: skip
         assert report.done == 1
 

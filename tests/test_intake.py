@@ -13,7 +13,7 @@ from urllib.parse import quote_plus
 import pika
 import pytest
 
-from funasr_fleet import intake
+from funasr_fleet import intake, reconcile
 from funasr_fleet.bucket_events import EventClass, classify_event
 from funasr_fleet.errors import BrokerUnavailable, MalformedMessage, SchemaInvalid
 from funasr_fleet.intake import Ignored, parse_notification
@@ -308,7 +308,7 @@ def test_sweep_enqueues_once_and_skips_finished(storage: Storage, sweep_settings
     _drop(storage, s, "calls/empty.wav", b"")
 
     first = Collect()
-    report = intake.sweep(s, storage, first)
+    report = reconcile.sweep(s, storage, first)
     assert first.keys == ["calls/a.wav", "calls/b b.mp3", "calls/empty.wav", "calls/replaced.wav"]
     assert report.enqueued == 4 and report.done == 1 and report.errors == 0
     assert report.skipped >= 1  # notes.txt (+ the marker if the server lists it)
@@ -318,7 +318,7 @@ def test_sweep_enqueues_once_and_skips_finished(storage: Storage, sweep_settings
     assert job_a.output is not None and job_a.output.key == f"{s.s3.results_prefix}/calls/a.wav"
 
     second = Collect()
-    again = intake.sweep(s, storage, second)
+    again = reconcile.sweep(s, storage, second)
     assert second.jobs == []
     assert again.recent == 4 and again.done == 1 and again.enqueued == 0
 
@@ -337,11 +337,11 @@ def test_sweep_re_enqueues_after_the_recent_window_then_gives_up(
     s = fleet_settings(with_engine=False, intake={"sweep_recent_s": 0})
     _drop(storage, s, "stuck.wav")
     counts = []
-    for _ in range(intake.MAX_SWEEP_ENQUEUES + 2):
+    for _ in range(reconcile.MAX_SWEEP_ENQUEUES + 2):
         c = Collect()
-        report = intake.sweep(s, storage, c)
+        report = reconcile.sweep(s, storage, c)
         counts.append((report.enqueued, report.given_up))
-    assert counts == [(1, 0)] * intake.MAX_SWEEP_ENQUEUES + [(0, 1), (0, 1)]
+    assert counts == [(1, 0)] * reconcile.MAX_SWEEP_ENQUEUES + [(0, 1), (0, 1)]
 
 
 def test_sweep_publish_failure_leaves_no_marker(storage: Storage, sweep_settings: Settings) -> None:
@@ -350,9 +350,9 @@ def test_sweep_publish_failure_leaves_no_marker(storage: Storage, sweep_settings
     broken = Collect()
     broken.fail = True
     with pytest.raises(BrokerUnavailable):
-        intake.sweep(s, storage, broken)
+        reconcile.sweep(s, storage, broken)
     ok = Collect()
-    assert intake.sweep(s, storage, ok).enqueued == 1
+    assert reconcile.sweep(s, storage, ok).enqueued == 1
     assert ok.keys == ["p.wav"]
 
 
@@ -366,7 +366,7 @@ def test_concurrent_sweeps_enqueue_each_object_once(storage: Storage, sweep_sett
 
     def one(_: int) -> int:
         barrier.wait()
-        return intake.sweep(s, storage, shared).enqueued
+        return reconcile.sweep(s, storage, shared).enqueued
 
     with ThreadPoolExecutor(4) as pool:
         enqueued = sum(pool.map(one, range(4)))
@@ -380,7 +380,7 @@ def test_sweep_publishes_to_the_real_jobs_queue(storage: Storage, sweep_settings
     s = sweep_settings
     job_id = _drop(storage, s, "q/real.wav")
     with Publisher(s) as publisher:
-        report = intake.sweep(s, storage, publisher)
+        report = reconcile.sweep(s, storage, publisher)
     assert report.job_ids == [job_id]
     conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
     try:
@@ -434,12 +434,12 @@ def test_bucket_drop_and_sweep_with_the_real_consumer(
         from funasr_fleet.publisher import Publisher
 
         with Publisher(s) as publisher:
-            report = intake.sweep(s, storage, publisher)
+            report = reconcile.sweep(s, storage, publisher)
             assert report.done == 1 and report.enqueued == 1, report
             lost = watcher.wait(report.job_ids[0], timeout_s=150)
             assert lost.ok, (lost.error_code, lost.error_message)
             assert storage.exists(s.s3.results_bucket, f"{s.s3.results_prefix}/drops/lost event.wav/manifest.json")
-            again = intake.sweep(s, storage, publisher)
+            again = reconcile.sweep(s, storage, publisher)
             assert again.done == 2 and again.enqueued == 0
 
 
@@ -598,12 +598,12 @@ def test_sweep_skips_objects_the_fan_out_recorded(storage: Storage, sweep_settin
     storage.put_bytes(inbox, "ev/not-announced.wav", b"RIFF....WAVEfmt other")
     jobs = intake.resolve_notification(minio_body(inbox, "ev%2Fannounced.wav", etag=info.etag), s, storage)
     assert isinstance(jobs, list)
-    assert intake.record_enqueued(s, storage, jobs) == 1  # what the fan-out does once the publishes are confirmed
-    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(str(jobs[0].job_id)))
+    assert reconcile.record_enqueued(s, storage, jobs) == 1  # what the fan-out does once the publishes are confirmed
+    marker = storage.get_json(s.s3.results_bucket, reconcile.marker_key(str(jobs[0].job_id)))
     assert marker is not None and marker["count"] == 0 and marker["via"] == "s3-event"
 
     c = Collect()
-    report = intake.sweep(s, storage, c)
+    report = reconcile.sweep(s, storage, c)
     assert c.keys == ["ev/not-announced.wav"]
     assert report.recent == 1 and report.enqueued == 1
 
@@ -614,11 +614,11 @@ def test_sweep_re_enqueues_event_jobs_after_the_window(
     s = fleet_settings(with_engine=False, intake={"sweep_recent_s": 0})
     info = storage.put_bytes(s.s3.inbox_bucket, "late.wav", b"RIFF late")
     job = intake.job_for_object(s, s.s3.inbox_bucket, "late.wav", info.etag)
-    intake.record_enqueued(s, storage, job)
+    reconcile.record_enqueued(s, storage, job)
     c = Collect()
-    report = intake.sweep(s, storage, c)
+    report = reconcile.sweep(s, storage, c)
     assert report.enqueued == 1 and c.keys == ["late.wav"]
-    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(str(job.job_id)))
+    marker = storage.get_json(s.s3.results_bucket, reconcile.marker_key(str(job.job_id)))
     assert marker is not None and marker["count"] == 1
 
 
@@ -627,7 +627,7 @@ def test_record_enqueued_is_best_effort(own_s3_server: Any, sweep_settings: Sett
     down = Storage(own_s3_server.settings())
     own_s3_server.stop()  # a real outage: the marker write fails, the caller goes on
     job = intake.job_for_object(s, s.s3.inbox_bucket, "x.wav", ETAG)
-    assert intake.record_enqueued(s, down, [job]) == 0  # logged, not raised
+    assert reconcile.record_enqueued(s, down, [job]) == 0  # logged, not raised
 
 
 def test_a_manifest_of_another_job_for_the_same_bytes_is_done(storage: Storage, sweep_settings: Settings) -> None:
@@ -642,12 +642,12 @@ def test_a_manifest_of_another_job_for_the_same_bytes_is_done(storage: Storage, 
         "job_id": "s3-00000000000000000000000000000000", "outputs": [],
         "input": {"bucket": inbox, "key": "done/other-id.wav", "etag": info.etag},
     })  # fmt: skip
-    assert intake.is_done(s, storage, job)
-    report = intake.sweep(s, storage, Collect())
+    assert reconcile.is_done(s, storage, job)
+    report = reconcile.sweep(s, storage, Collect())
     assert report.done == 1 and report.enqueued == 0
     # new bytes under the key: not done
     storage.put_bytes(inbox, "done/other-id.wav", b"RIFF replaced")
-    assert intake.sweep(s, storage, Collect()).enqueued == 1
+    assert reconcile.sweep(s, storage, Collect()).enqueued == 1
 
 
 # --- a refused fan-out is retried, not dead-lettered (issue 16, phase 2) --------------------------------
@@ -784,7 +784,7 @@ def test_metadata_events_after_an_upload_start_nothing(
         assert broker.count(s.amqp.dead_letter_queue) == 0 and broker.count(s.amqp.jobs_queue) == 0
     finally:
         broker.close()
-    report = intake.sweep(s, storage, Collect())
+    report = reconcile.sweep(s, storage, Collect())
     assert report.done == 1 and report.enqueued == 0
 
 
@@ -823,7 +823,7 @@ def test_fan_out_records_its_jobs_for_the_sweep(
             assert broker.final(job_id).kind == "succeeded"
     finally:
         broker.close()
-    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(job_id))
+    marker = storage.get_json(s.s3.results_bucket, reconcile.marker_key(job_id))
     assert marker is not None and marker["via"] == "s3-event"
 
 

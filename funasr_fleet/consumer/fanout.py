@@ -7,7 +7,7 @@ fails half-way (the broker refuses a publish: ``broker_unavailable``; an eTag lo
 ``storage_unavailable``) is simply retried as a whole through the delay tiers (retries.py).
 
 Records without an eTag are looked up (HEAD) so they get the object's one identity; after the
-confirms each job is recorded for the reconcile sweep (``intake.record_enqueued``, best effort)
+confirms each job is recorded for the reconcile sweep (``reconcile.record_enqueued``, best effort)
 so the sweep does not enqueue a fresh upload a second time within ``intake.sweep_recent_s``.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from funasr_fleet import envelope, intake, jobstate
+from funasr_fleet import envelope, intake, jobstate, reconcile
 from funasr_fleet.consumer.context import JobContext, Outcome
 from funasr_fleet.settings import Settings
 
@@ -56,7 +56,7 @@ def fan_out(ctx: JobContext, notification: dict[str, Any], settings: Settings, s
         ctx.bridge.publish(
             settings.amqp.jobs_exchange, settings.amqp.jobs_routing_key, job.to_body(), props, mandatory=True
         )
-    intake.record_enqueued(settings, storage, result)  # never raises; a lost marker costs one duplicate
+    reconcile.record_enqueued(settings, storage, result)  # never raises; a lost marker costs one duplicate
     if not ctx.running.claim_final():
         return
     ctx.bridge.ack(ctx.delivery)
