@@ -28,7 +28,7 @@ import pika
 
 from funasr_fleet import events, jobstate
 from funasr_fleet.errors import ObjectNotFound
-from funasr_fleet.jobstate import JobState, JobStatus, Update
+from funasr_fleet.jobstatus import JobState, JobStatus, Update, now_iso
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage, WriteConflict
 
@@ -88,7 +88,7 @@ def ensure_marker(storage: Storage, settings: Settings, job_id: str, *, reason: 
     marker = {
         "job_id": job_id,
         "id": uuid.uuid4().hex[:16],
-        "requested_at": jobstate.now_iso(),
+        "requested_at": now_iso(),
         "by": jobstate.writer_id("cancel"),
         "reason": (reason or "")[:500] or None,
     }

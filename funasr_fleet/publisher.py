@@ -22,6 +22,7 @@ import structlog
 from funasr_fleet import envelope, events, jobstate, topology
 from funasr_fleet.errors import BrokerUnavailable, ConfigError
 from funasr_fleet.jobs import JobRequest
+from funasr_fleet.jobstatus import JobState, Update
 from funasr_fleet.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -125,7 +126,7 @@ class Publisher:
         except BrokerUnavailable as exc:
             if recorded is not None and recorded.applied:
                 error = events.ErrorInfo(code=exc.code, message=f"not enqueued: {exc.message}")
-                failed = jobstate.Update(job_id=str(job.job_id), state=jobstate.JobState.FAILED, by=by, error=error)
+                failed = Update(job_id=str(job.job_id), state=JobState.FAILED, by=by, error=error)
                 jobstate.try_record(self.storage, self.settings, failed)
             raise
         log.info("job published", job_id=job.job_id, audio=job.audio.uri)

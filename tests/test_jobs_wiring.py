@@ -22,7 +22,7 @@ from funasr_fleet.cancel import Outcome
 from funasr_fleet.client import Client
 from funasr_fleet.consumer.cancelling import UploadLog
 from funasr_fleet.errors import JobCancelled
-from funasr_fleet.jobstate import JobState
+from funasr_fleet.jobstatus import JobState
 from funasr_fleet.manifest import MANIFEST_NAME
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage

@@ -9,7 +9,7 @@ import pytest
 
 from funasr_fleet import jobstate
 from funasr_fleet.events import ErrorInfo
-from funasr_fleet.jobstate import JobState, JobStatus, Update, accepts, advance
+from funasr_fleet.jobstatus import JobState, JobStatus, Update, accepts, advance
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage

@@ -19,7 +19,7 @@ from funasr_fleet import cancel, events, jobstate, reconcile
 from funasr_fleet.cancel import Outcome
 from funasr_fleet.client import Client, build_job
 from funasr_fleet.errors import BrokerUnavailable, CallbackNotAllowed
-from funasr_fleet.jobstate import JobState, Update
+from funasr_fleet.jobstatus import JobState, Update
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.publisher import Publisher
 from funasr_fleet.settings import Settings

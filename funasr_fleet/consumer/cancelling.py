@@ -31,7 +31,7 @@ from funasr_fleet import cancel
 from funasr_fleet.consumer.context import JobContext, Outcome
 from funasr_fleet.consumer.status import StatusWriter
 from funasr_fleet.errors import FleetError, JobCancelled, JobWasCancelled
-from funasr_fleet.jobstate import JobState, JobStatus
+from funasr_fleet.jobstatus import JobState, JobStatus
 from funasr_fleet.manifest import MANIFEST_NAME, manifest_key
 from funasr_fleet.settings import Settings
 

@@ -21,7 +21,8 @@ from typing import Any
 from funasr_fleet import events, jobstate
 from funasr_fleet.consumer.context import JobContext
 from funasr_fleet.errors import FleetError
-from funasr_fleet.jobstate import JobState, Recorded, Update
+from funasr_fleet.jobstate import Recorded
+from funasr_fleet.jobstatus import JobState, Update
 from funasr_fleet.settings import Settings
 
 
