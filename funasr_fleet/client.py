@@ -32,8 +32,9 @@ import structlog
 
 from funasr_fleet import jobstate
 from funasr_fleet.errors import BrokerUnavailable
-from funasr_fleet.jobs import JobOptions, JobRequest, S3Location, check_allowed, parse_s3_uri
+from funasr_fleet.jobs import JobOptions, JobRequest, check_allowed
 from funasr_fleet.publisher import Publisher
+from funasr_fleet.s3uri import S3Location, parse_s3_uri
 from funasr_fleet.settings import Settings
 from funasr_fleet.waiting import (
     WAIT_TIMEOUT_CODE,

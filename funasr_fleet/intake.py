@@ -21,7 +21,8 @@ import structlog
 
 from funasr_fleet.bucket_events import EventClass, Record, parse_records
 from funasr_fleet.errors import FleetError, ObjectNotFound, SchemaInvalid
-from funasr_fleet.jobs import MAX_KEY_BYTES, JobRequest, S3Location, job_id_for_object, safe_prefix
+from funasr_fleet.jobs import JobRequest, job_id_for_object
+from funasr_fleet.s3uri import MAX_KEY_BYTES, S3Location, safe_prefix
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
 

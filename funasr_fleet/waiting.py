@@ -24,11 +24,11 @@ from pydantic import ValidationError
 
 from funasr_fleet import events
 from funasr_fleet.errors import BrokerUnavailable, ConfigError, FleetError
-from funasr_fleet.jobs import S3Location
 from funasr_fleet.keys import join_key
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.progressbar import ProgressBar
 from funasr_fleet.publisher import CLOSE_ERRORS, connect
+from funasr_fleet.s3uri import S3Location
 from funasr_fleet.settings import Settings
 
 log = structlog.get_logger(__name__)

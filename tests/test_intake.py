@@ -17,8 +17,9 @@ from funasr_fleet import intake, reconcile
 from funasr_fleet.bucket_events import EventClass, classify_event
 from funasr_fleet.errors import BrokerUnavailable, MalformedMessage, SchemaInvalid
 from funasr_fleet.intake import Ignored, parse_notification
-from funasr_fleet.jobs import JobRequest, job_id_for_object, message_kind, safe_prefix
+from funasr_fleet.jobs import JobRequest, job_id_for_object, message_kind
 from funasr_fleet.manifest import manifest_key
+from funasr_fleet.s3uri import safe_prefix
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
 

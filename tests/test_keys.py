@@ -20,10 +20,11 @@ import pika
 import pytest
 
 from funasr_fleet import intake
-from funasr_fleet.jobs import JobRequest, S3Location, parse_job, parse_s3_uri
+from funasr_fleet.jobs import JobRequest, parse_job
 from funasr_fleet.keys import join_key
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.outputs import rttm_file_id
+from funasr_fleet.s3uri import S3Location, parse_s3_uri
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
 

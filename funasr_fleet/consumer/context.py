@@ -11,8 +11,9 @@ from funasr_fleet.consumer.bridge import Bridge
 from funasr_fleet.consumer.delivery import Delivery, RunningJob
 from funasr_fleet.consumer.retries import MessageKind
 from funasr_fleet.errors import JobCancelled
-from funasr_fleet.jobs import JobRequest, S3Location
+from funasr_fleet.jobs import JobRequest
 from funasr_fleet.manifest import options_hash
+from funasr_fleet.s3uri import S3Location
 from funasr_fleet.settings import Settings
 
 

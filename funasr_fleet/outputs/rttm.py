@@ -18,7 +18,7 @@ def rttm_file_id(source: str) -> str:
     """RTTM <file> field: the source's stem (last path segment, no extension), no whitespace.
 
     In an ``s3://`` URI everything after the bucket is the key, literally (``#`` and ``?`` are key
-    characters: ``jobs.parse_s3_uri``); only http(s) URLs have a query and fragment to drop.
+    characters: ``s3uri.parse_s3_uri``); only http(s) URLs have a query and fragment to drop.
     """
     name = source.split("?", 1)[0].split("#", 1)[0] if source.startswith(("http://", "https://")) else source
     name = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]

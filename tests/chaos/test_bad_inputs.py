@@ -425,7 +425,8 @@ def test_s3_record_without_etag_gets_the_objects_identity(rig: Rig) -> None:
 def test_awkward_keys_succeed_and_name_themselves(rig: Rig) -> None:
     """Keys with #, ?, %, +, spaces and any UTF-8: as job URIs and as MinIO-encoded bucket events, they
     are transcribed, and every URI in the events parses back to exactly the key."""
-    from funasr_fleet.jobs import job_id_for_object, parse_s3_uri
+    from funasr_fleet.jobs import job_id_for_object
+    from funasr_fleet.s3uri import parse_s3_uri
 
     audio = rig.storage.get_bytes(rig.inbox, rig.good_key)
     by_job: dict[str, str] = {}
