@@ -23,14 +23,12 @@ from funasr_fleet.errors import (
     UnsupportedSchemaVersion,
 )
 from funasr_fleet.jobs import (
-    S3Location,
     derived_job_id,
     job_id_for_object,
     message_kind,
     parse_job,
-    parse_s3_uri,
-    safe_prefix,
 )
+from funasr_fleet.s3uri import S3Location, parse_s3_uri, safe_prefix
 from funasr_fleet.settings import Settings
 
 AUDIO = "s3://fleet-audio/calls/2026/a.wav"
