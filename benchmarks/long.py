@@ -166,12 +166,17 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def tables(result: dict[str, Any]) -> str:
-    head = "| audio | hint | windows | wall s | wall s per audio h | base MB | peak RSS MB | estimate MB | sentences | speakers |"
+    head = (
+        "| audio | hint | windows | wall s | wall s per audio h | base MB | peak RSS MB | estimate MB "
+        "| sentences | speakers |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in result["rows"]:
         per_h = r["wall_s"] / (r["audio_s"] / 3600)
-        lines.append(f"| {r['minutes']} min | {r['hint'] or '-'} | {r['windows']} | {r['wall_s']:.1f} | {per_h:.0f} | "
-                     f"{r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['estimate_mb']:.0f} | {r['sentences']} | {r['speakers']} |")  # fmt: skip
+        lines.append(
+            f"| {r['minutes']} min | {r['hint'] or '-'} | {r['windows']} | {r['wall_s']:.1f} | {per_h:.0f} "
+            f"| {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['estimate_mb']:.0f} | {r['sentences']} | {r['speakers']} |"
+        )
     goals = {"rss_long_over_short": 1.5, "wall_per_hour_long_over_short": 1.2}
     lines.append("")
     for key, value in result["ratios"].items():

@@ -51,7 +51,10 @@ def test_stops_are_whole_milliseconds_and_leave_no_stub() -> None:
 
 def test_shift_moves_shared_stamp_lists_once() -> None:
     pair = [100, 200]
-    raw = {"timestamp": [pair, [300, 400]], "sentence_info": [{"start": 100, "end": 400, "timestamp": [pair]}]}
+    raw: dict[str, Any] = {
+        "timestamp": [pair, [300, 400]],
+        "sentence_info": [{"start": 100, "end": 400, "timestamp": [pair]}],
+    }
     shift_result(raw, 60_000)
     assert raw["timestamp"] == [[60100, 60200], [60300, 60400]]
     assert raw["sentence_info"][0]["start"] == 60100 and raw["sentence_info"][0]["timestamp"] == [[60100, 60200]]
@@ -75,7 +78,7 @@ class FakeBackend:
     def bursts(samples: np.ndarray) -> list[tuple[int, int, float]]:
         edges = np.flatnonzero(np.diff(np.concatenate([[0.0], samples, [0.0]]) != 0))
         out = []
-        for a, b in zip(edges[::2], edges[1::2]):
+        for a, b in zip(edges[::2], edges[1::2], strict=False):
             out.append((int(a), int(b), float(samples[a])))
         return out
 
@@ -87,7 +90,10 @@ class FakeBackend:
         words = self.bursts(samples)
         stamps = [[a // 16, b // 16] for a, b, _ in words]
         text = [f"w{round(abs(v) * 1000)}" for _, _, v in words]
-        items = [{"start": a, "end": b, "text": w + ".", "timestamp": [[a, b]]} for (a, b), w in zip(stamps, text)]
+        items = [
+            {"start": a, "end": b, "text": w + ".", "timestamp": [[a, b]]}
+            for (a, b), w in zip(stamps, text, strict=False)
+        ]
         if collector is not None and words:
             import funasr.auto.auto_model as auto_model
 
@@ -177,7 +183,7 @@ def test_engine_check_memory(engine_settings: EngineSettings) -> None:
 # --- the real engine ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clip49(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.fixtures.audio import missing_tools, synth_speech
+    from funasr_fleet.devaudio import missing_tools, synth_speech
 
     if missing_tools():
         pytest.skip("espeak-ng/sox/ffmpeg missing")
@@ -205,10 +211,15 @@ def test_windows_cut_in_silence_and_keep_every_word_once(engine_settings: Engine
     tokens = [tok for s in t.sentences for tok in s.tokens]
     starts = [tok.start_ms for tok in tokens]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)  # no word twice
-    assert all(s.start_ms <= tok.start_ms <= tok.end_ms <= s.end_ms <= t.duration_ms for s in t.sentences for tok in s.tokens)
+    assert all(
+        s.start_ms <= tok.start_ms <= tok.end_ms <= s.end_ms <= t.duration_ms for s in t.sentences for tok in s.tokens
+    )
     one = small.transcribe(clip49, TranscribeOptions(diarize=False))  # same engine, no speakers
     whole = Engine(engine_settings).transcribe(clip49, TranscribeOptions(diarize=False))
-    assert abs(len([x for s in one.sentences for x in s.tokens]) - len([x for s in whole.sentences for x in s.tokens])) <= 12
+    assert (
+        abs(len([x for s in one.sentences for x in s.tokens]) - len([x for s in whole.sentences for x in s.tokens]))
+        <= 12
+    )
     assert t.speakers and all(s.speaker in t.speakers for s in t.sentences)
 
 
@@ -228,7 +239,7 @@ def test_window_cuts_avoid_whole_file_speech(engine: Engine, clip49: Path) -> No
                 cuts.append(original(*args))
                 return cuts[-1]
 
-            windowed._cut = cut
+            windowed._cut = cut  # type: ignore[assignment]
             try:
                 yield
             finally:

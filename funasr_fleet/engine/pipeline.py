@@ -12,8 +12,6 @@ one Engine per process (the fleet runs one consumer process per engine).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import sys
 import threading
@@ -29,7 +27,8 @@ from funasr_fleet.engine import hotwords, sizing
 from funasr_fleet.engine.assembly import build_transcript
 from funasr_fleet.engine.audio import SAMPLE_RATE, AudioSource, check_length, decode
 from funasr_fleet.engine.channels import plan_channels
-from funasr_fleet.engine.clustering import CLUSTERING_VERSION, ClusterBackendSlot
+from funasr_fleet.engine.clustering import ClusterBackendSlot
+from funasr_fleet.engine.loading import identity_of, load_pipeline
 from funasr_fleet.engine.models import (
     STAGES,
     directory_digest,
@@ -37,19 +36,18 @@ from funasr_fleet.engine.models import (
     import_funasr,
     model_digest,
     model_has_punc,
-    model_path,
     resolve_model_ref,
 )
 from funasr_fleet.engine.multichannel import channel_options, merge_channels
-from funasr_fleet.engine.sentences import SENTENCE_RULES, sentences_from_result
+from funasr_fleet.engine.sentences import sentences_from_result
 from funasr_fleet.engine.sizing import JobEstimate
 from funasr_fleet.engine.speaker_count import SpeakerCount
 from funasr_fleet.engine.threads import configure_threads
-from funasr_fleet.engine.transcript import ChannelUse, ModelIdentity, TranscribeOptions, Transcript, TranscriptWarning
+from funasr_fleet.engine.transcript import ChannelUse, TranscribeOptions, Transcript, TranscriptWarning
 from funasr_fleet.engine.turns import merge_turns
 from funasr_fleet.engine.window_speakers import EmbeddingCollector
 from funasr_fleet.engine.windowed import transcribe_windows
-from funasr_fleet.errors import EngineError, FleetError, JobError, ModelLoadError
+from funasr_fleet.errors import EngineError, FleetError, JobError
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import EngineSettings
 
@@ -60,6 +58,7 @@ __all__ = [
 
 AudioInput = str | Path | AudioSource | np.ndarray
 Progress = Callable[[float], None]
+_DEFAULT_OPTIONS = TranscribeOptions()  # frozen: one shared default is safe
 _STAGES = STAGES
 
 log = get_logger(__name__)
@@ -80,14 +79,14 @@ class Engine:
         self._owner: int | None = None
         self._lock = threading.Lock()
         start = time.perf_counter()
-        self._model = self._load()
+        self._model = load_pipeline(settings, self._refs, self.threads)
         # FunASR's ClusterBackend returns one speaker below 20 windows whatever was asked, and has no
         # ranges: every diarized call clusters through cluster_speakers with that call's request.
         self._clusters = ClusterBackendSlot()
         if self._model.spk_model is not None:
             self._model.cb_model = self._clusters
         self.load_s = time.perf_counter() - start
-        self.identity = self._identity()
+        self.identity = identity_of(self._model, self._refs, settings)
         self.base_rss_mb = sizing.current_rss_mb()  # models loaded, nothing run: the floor of every estimate
         log.info(
             "engine.loaded",
@@ -98,88 +97,6 @@ class Engine:
             fingerprint=self.identity.fingerprint[:16],
             **{stage: self._refs[key] or "-" for key, stage in _STAGES},
         )
-
-    # --- loading -------------------------------------------------------------------------------
-    def _load(self) -> Any:
-        try:
-            AutoModel = import_funasr()
-        except Exception as exc:  # a broken install (e.g. an incompatible torchaudio) fails here
-            raise ModelLoadError(f"cannot import funasr: {exc}") from exc
-        s = self.settings
-        refs = self._onnx_refs() if s.backend == "onnx" else self._refs
-        kwargs: dict[str, Any] = {
-            "model": refs["model"],
-            "vad_model": refs["vad_model"],
-            "vad_kwargs": {"max_end_silence_time": s.max_end_silence_ms},
-            "hub": s.hub,
-            "device": s.device,
-            "ncpu": self.threads,
-            "disable_update": True,
-            "disable_pbar": True,
-            "disable_log": True,
-            "log_level": "ERROR",
-        }
-        if refs["punc_model"]:
-            kwargs["punc_model"] = refs["punc_model"]
-        if refs["spk_model"]:
-            kwargs["spk_model"] = refs["spk_model"]
-        try:
-            # FunASR prints (its version, download failures) to stdout; stdout belongs to commands
-            with contextlib.redirect_stdout(sys.stderr):
-                model = AutoModel(**kwargs)
-        except FleetError:
-            raise
-        except Exception as exc:
-            names = ", ".join(f"{k}={v}" for k, v in self._refs.items() if v)
-            raise ModelLoadError(f"loading the FunASR pipeline failed ({names}): {exc}") from exc
-        # FunASR resets the torch thread count from ncpu; keep ours in force.
-        configure_threads(self.threads)
-        return model
-
-    def _onnx_refs(self) -> dict[str, str | None]:
-        """Model refs with VAD, ASR and punctuation replaced by their (cached) ONNX exports."""
-        from funasr_fleet.engine import onnx
-
-        onnx.register()
-        s = self.settings
-        return onnx.prepare(self._refs, quantize=s.quantize, hub=s.hub, threads=self.threads,
-                            cache_root=s.onnx_cache_dir, digest_of=directory_digest)  # fmt: skip
-
-    def _identity(self) -> ModelIdentity:
-        import funasr
-        import torch
-
-        paths = {
-            "asr": model_path(self._model.kwargs),
-            "vad": model_path(getattr(self._model, "vad_kwargs", None)),
-            "punc": model_path(getattr(self._model, "punc_kwargs", None)) if self._refs["punc_model"] else None,
-            "spk": model_path(getattr(self._model, "spk_kwargs", None)) if self._refs["spk_model"] else None,
-        }
-        # the device FunASR resolved (it falls back to cpu when cuda is absent); type only, so the
-        # fingerprint does not change with the GPU index a pod happens to get
-        device = torch.device(str(self._model.kwargs.get("device") or "cpu")).type
-        names = {stage: self._refs[key] or "" for key, stage in _STAGES}
-        # Content, not location: a model directory that moves (another mount, another pod) keeps
-        # its fingerprint; a hub name counts only when its files cannot be found.
-        digest_input = {
-            "names": {stage: None if paths[stage] else names[stage] for stage in names},
-            "files": {stage: model_digest(p) if p else None for stage, p in paths.items()},
-            "funasr": funasr.__version__,
-            "device": device,
-            # settings that change the words or their grouping are part of what a result depends on
-            "max_end_silence_ms": self.settings.max_end_silence_ms,
-            "turn_gap_s": self.settings.turn_gap_s,
-            "sentence_rules": SENTENCE_RULES,
-            "speaker_clustering": CLUSTERING_VERSION,
-            "window_s": self.settings.window_s,  # where long audio is cut changes its sentences
-        }
-        if self.settings.backend != "torch":
-            digest_input["backend"] = [self.settings.backend, self.settings.quantize]
-        fingerprint = hashlib.sha256(json.dumps(digest_input, sort_keys=True).encode()).hexdigest()
-        return ModelIdentity(
-            asr=names["asr"], vad=names["vad"], punc=names["punc"], spk=names["spk"],
-            funasr_version=funasr.__version__, device=device, fingerprint=fingerprint,
-        )  # fmt: skip
 
     @property
     def diarization_available(self) -> bool:
@@ -207,7 +124,7 @@ class Engine:
         return time.perf_counter() - start
 
     def transcribe(
-        self, audio: AudioInput, options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None
+        self, audio: AudioInput, options: TranscribeOptions = _DEFAULT_OPTIONS, progress: Progress | None = None
     ) -> Transcript:
         """Transcribe one input. Audio errors raise ``AudioError`` subclasses, model failures ``EngineError``.
 
@@ -230,7 +147,7 @@ class Engine:
             if not isinstance(audio, AudioSource):
                 source.close()  # staged here, for this call only
 
-    def check_memory(self, duration_s: float, options: TranscribeOptions = TranscribeOptions()) -> JobEstimate:
+    def check_memory(self, duration_s: float, options: TranscribeOptions = _DEFAULT_OPTIONS) -> JobEstimate:
         """The peak-RSS estimate of transcribing ``duration_s`` of audio with ``options`` in this
         process (``engine/sizing.py``: measured constants); raises ``AudioTooLong`` (permanent) when it
         exceeds ``engine.max_memory_mb``. Cheap: call it with the container's duration before decoding."""
@@ -245,7 +162,9 @@ class Engine:
         warnings: tuple[TranscriptWarning, ...], progress: Progress | None,
     ) -> Transcript:  # fmt: skip
         if use.mode != "split":
-            t = self._transcribe_channel(lambda a, b: source.read(a, b, channels=use.channels), source, options, progress)
+            t = self._transcribe_channel(
+                lambda a, b: source.read(a, b, channels=use.channels), source, options, progress
+            )
             return replace(t, decode_s=source.decode_s, warnings=warnings + t.warnings, channel_use=use)
         per_channel = channel_options(options, len(use.channels))
         parts = []
@@ -255,8 +174,10 @@ class Engine:
             parts.append((c, self._transcribe_channel(reader, source, per_channel, part)))
         gap_ms = int(self.settings.turn_gap_s * 1000)
         pause_ms = self.settings.max_end_silence_ms
-        merged = merge_channels(parts, channel_use=use, warnings=warnings, options=options,
-                                make_turns=lambda sentences: merge_turns(sentences, gap_ms=gap_ms, max_pause_ms=pause_ms))  # fmt: skip
+        merged = merge_channels(
+            parts, channel_use=use, warnings=warnings, options=options,
+            make_turns=lambda sentences: merge_turns(sentences, gap_ms=gap_ms, max_pause_ms=pause_ms),
+        )  # fmt: skip
         return replace(merged, decode_s=source.decode_s)
 
     def _transcribe_channel(
@@ -343,8 +264,6 @@ class Engine:
         if not results:
             return {}
         return dict(results[0])
-
-
 
 
 def speaker_count(options: TranscribeOptions) -> SpeakerCount:

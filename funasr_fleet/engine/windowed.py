@@ -84,7 +84,9 @@ def transcribe_windows(
         if collector is not None:
             chunks, embeddings = collector.take()
             items = raw.get("sentence_info") or []
-            kept.append(WindowSpeakers(chunks, embeddings, [(int(i.get("start", 0)), int(i.get("end", 0))) for i in items]))
+            kept.append(
+                WindowSpeakers(chunks, embeddings, [(int(i.get("start", 0)), int(i.get("end", 0))) for i in items])
+            )
             for k, item in enumerate(items):
                 item["spk"] = k  # placeholder: the sentence's index, replaced after the clustering
         shift_result(raw, w.offset_ms)
@@ -99,7 +101,7 @@ def transcribe_windows(
     speakers, clustering = assign_speakers_to_windows(kept, count, max_dense=max_dense, seed=seed)
     sentences = [
         replace(s, speaker=labels[s.speaker] if s.speaker is not None and s.speaker < len(labels) else 0)
-        for part, labels in zip(found, speakers)
+        for part, labels in zip(found, speakers, strict=False)
         for s in part
     ]
     return sentences, clustering
