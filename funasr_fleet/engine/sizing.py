@@ -3,7 +3,7 @@
 Peak RSS of one transcription, in MB (MiB), as measured by ``python -m benchmarks long`` (tiny
 models, 1 thread; figures and method in docs/drafts/engine-windows.md):
 
-    peak = base + INFERENCE_MB + per_s * min(duration, window) + PER_HOUR_MB * hours
+    peak = base + INFERENCE_MB + per_s * min(duration, window) + clustering + PER_HOUR_MB * hours
 
 - ``base``: this process's RSS with the models loaded, read when the Engine is built (so real,
   larger models count at their real size, and so does anything else the process holds);
@@ -13,6 +13,10 @@ models, 1 thread; figures and method in docs/drafts/engine-windows.md):
   features, encoder activations and, when diarizing, CAM++'s 1.5 s chunk copies held until the end
   of the call): ``PER_S_MB`` + ``PER_S_SPK_MB``. One window bounds it: audio longer than
   ``window_s`` never holds more than one window (+2 s) in one call;
+- ``clustering``: the one clustering at the end, dense over at most 2,048 embedding windows
+  (``clustering.py``: a sample beyond that): ``CLUSTER_COPIES`` float64 matrices of N × N, N = one
+  window per 0.75 s of audio (all of it counted as speech), at most 2,048: up to 96 MB, reached
+  at about 25 minutes; constant beyond;
 - ``PER_HOUR_MB``: what accumulates over the recording (sentences and tokens as Python objects,
   speaker embeddings and their times: 192 float32 per 0.75 s of speech).
 
@@ -27,12 +31,19 @@ from dataclasses import dataclass
 
 from funasr_fleet.errors import AudioTooLong
 
-__all__ = ["INFERENCE_MB", "PER_HOUR_MB", "PER_S_MB", "PER_S_SPK_MB", "JobEstimate", "current_rss_mb", "estimate"]
+__all__ = [
+    "CLUSTER_COPIES", "INFERENCE_MB", "PER_HOUR_MB", "PER_S_MB", "PER_S_SPK_MB", "JobEstimate", "current_rss_mb",
+    "estimate",
+]  # fmt: skip
 
-INFERENCE_MB = 120.0
-PER_S_MB = 0.35
-PER_S_SPK_MB = 0.15
-PER_HOUR_MB = 40.0
+# fitted 2026-12-01 (docs/drafts/engine-windows.md): 10 min at window_s 60 and 300, 20 min at 300
+INFERENCE_MB = 150.0
+PER_S_MB = 0.10  # the split between these two is not measured yet; their sum (0.18) is
+PER_S_SPK_MB = 0.08
+CLUSTER_COPIES = 3
+MAX_DENSE = 2048
+SHIFT_S = 0.75
+PER_HOUR_MB = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +80,9 @@ def estimate(
     duration_s = max(0.0, float(duration_s))
     per_s = PER_S_MB + (PER_S_SPK_MB if diarize else 0.0)
     in_one_call = min(duration_s, window_s + 2.0)
-    peak = base_mb + INFERENCE_MB + per_s * in_one_call + PER_HOUR_MB * duration_s / 3600
+    rows = min(duration_s / SHIFT_S, MAX_DENSE) if diarize else 0.0
+    clustering = CLUSTER_COPIES * rows * rows * 8 / 2**20
+    peak = base_mb + INFERENCE_MB + per_s * in_one_call + clustering + PER_HOUR_MB * duration_s / 3600
     windows = 1 if duration_s <= window_s else math.ceil(duration_s / window_s)
     return JobEstimate(duration_s, window_s, windows, peak, limit_mb)
 
