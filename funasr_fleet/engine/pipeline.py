@@ -4,6 +4,10 @@ Why one class: the model is loaded once at construction (seconds to minutes for 
 then serves many ``transcribe`` calls; everything FunASR-specific (argument quirks, result shapes,
 silent input, per-call diarization) stays here, and callers get plain ``Transcript`` dataclasses.
 
+Where the parts live: loading and the fingerprint in ``loading.py`` (helpers in ``models.py``);
+long audio in windows in ``windowed.py`` (cuts: ``windows.py``, speakers: ``window_speakers.py``);
+sentences → ``Transcript`` in ``assembly.py``; the memory estimate in ``sizing.py``.
+
 NOT thread-safe: FunASR's AutoModel mutates its own config on every call (upstream issues 865,
 2051). An Engine binds to the first thread that calls ``transcribe`` and refuses any other; build
 one Engine per process (the fleet runs one consumer process per engine).
