@@ -92,7 +92,7 @@ def _hwm_mb() -> float:
     return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024
 
 
-def worker(path: str, num_speakers: int | None, window_s: float | None) -> dict[str, Any]:
+def worker(path: str, num_speakers: int | None, window_s: float | None, diarize: bool = True) -> dict[str, Any]:
     """In a fresh interpreter: load the engine, decode ``path`` to disk, transcribe, measure."""
     from funasr_fleet.engine.threads import configure_threads
 
@@ -108,7 +108,7 @@ def worker(path: str, num_speakers: int | None, window_s: float | None) -> dict[
         settings = settings.model_copy(update={"window_s": window_s})
     engine = Engine(settings)
     base = current_rss_mb()
-    options = TranscribeOptions(num_speakers=num_speakers)
+    options = TranscribeOptions(num_speakers=num_speakers, diarize=diarize)
     fractions: list[float] = []
     t0 = time.perf_counter()
     with decode(path, max_audio_s=settings.max_audio_s) as source:
@@ -194,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--num-speakers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--window-s", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-diarize", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.num_speakers or None, args.window_s)))
+        print(json.dumps(worker(args.worker, args.num_speakers or None, args.window_s, not args.no_diarize)))
         return 0
     sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip()) or None
     result = run(quick=args.quick, sizes=sizes)

@@ -36,10 +36,11 @@ __all__ = [
     "estimate",
 ]  # fmt: skip
 
-# fitted 2026-12-01 (docs/drafts/engine-windows.md): 10 min at window_s 60 and 300, 20 min at 300
-INFERENCE_MB = 150.0
-PER_S_MB = 0.10  # the split between these two is not measured yet; their sum (0.18) is
-PER_S_SPK_MB = 0.08
+# fitted 2026-12-01 (docs/drafts/engine-windows.md): 10 min at window_s 60, 300 and 1200, with and
+# without diarization, 20 min at 300; the estimate lands 0-8 % above the measured peaks (conservative)
+INFERENCE_MB = 160.0
+PER_S_MB = 0.17
+PER_S_SPK_MB = 0.02
 CLUSTER_COPIES = 3
 MAX_DENSE = 2048
 SHIFT_S = 0.75
