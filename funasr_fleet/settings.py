@@ -81,12 +81,17 @@ class EngineSettings(_Section):
     window_s: float = Field(
         300.0,
         ge=10,
-        description="Audio longer than this is transcribed in windows of about this length, cut in VAD silences (bounded memory); speakers are clustered once over the whole file.",
+        description=(
+            "Audio longer than this is transcribed in windows of about this length, cut in VAD silences "
+            "(bounded memory); speakers are clustered once over the whole file."
+        ),
     )
     max_memory_mb: int | None = Field(
         None,
         ge=1,
-        description="Refuse (audio_too_long) a job whose estimated peak RSS (Engine.check_memory) exceeds this; unset: no limit.",
+        description=(
+            "Refuse (audio_too_long) a job whose estimated peak RSS (Engine.check_memory) exceeds this; unset: no limit."
+        ),
     )
 
     @model_validator(mode="after")
