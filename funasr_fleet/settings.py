@@ -90,7 +90,8 @@ class EngineSettings(_Section):
         None,
         ge=1,
         description=(
-            "Refuse (audio_too_long) a job whose estimated peak RSS (Engine.check_memory) exceeds this; unset: no limit."
+            "Refuse (audio_too_long) a job whose estimated peak RSS (Engine.check_memory) exceeds this; "
+            "unset: no limit."
         ),
     )
 
