@@ -132,13 +132,14 @@ def run(
             rows.append({"backend": backend, "quantize": quantize, "procs": procs, "threads": threads,
                          "audio_s": audio_s, "max_wall_s": max(walls), "throughput": procs * audio_s / max(walls),
                          "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
-                         "load_s": max(r["load_s"] for r in results), "warmup_s": max(r["warmup_s"] for r in results)})  # fmt: skip
+                         "load_s": max(r["load_s"] for r in results),
+                         "warmup_s": max(r["warmup_s"] for r in results)})  # fmt: skip
             texts.setdefault(f"{backend}/{quantize}", results[0]["runs"][0]["text"])
     parity = []
     for a, b in (("torch/none", "onnx/none"), ("onnx/none", "onnx/int8")):
         ta, tb = tokens(texts[a]), tokens(texts[b])
         ma, mb = marks(texts[a]), marks(texts[b])
-        same_marks = sum(x == y for x, y in zip(ma, mb)) / max(len(ma), len(mb), 1)
+        same_marks = sum(x == y for x, y in zip(ma, mb, strict=False)) / max(len(ma), len(mb), 1)  # lengths may differ
         parity.append({"a": a, "b": b, "tokens_a": len(ta), "tokens_b": len(tb), "identical": agreement(ta, tb),
                        "punctuation_agrees": same_marks if ta == tb else None})  # fmt: skip
     return {"size": size, "quick": quick, "cores": len(os.sched_getaffinity(0)), "rows": rows, "parity": parity,
@@ -149,10 +150,12 @@ def render(result: dict[str, Any]) -> str:
     title = (f"## Backends ({result['size']} models, {result['cores']} cores, load average {result['load_avg']:.1f} "
              f"at the end{', quick' if result['quick'] else ''})")  # fmt: skip
     lines = [title, "",
-             "| backend | layout | audio s | slowest wall s | throughput (audio s / s) | peak RSS / proc MiB | load s |",
+             "| backend | layout | audio s | slowest wall s | throughput (audio s / s) "
+             "| peak RSS / proc MiB | load s |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:
-        lines.append(f"| {r['backend']} {'fp32' if r['quantize'] == 'none' else r['quantize']} | {r['procs']} x {r['threads']} | "
+        layout = "fp32" if r["quantize"] == "none" else r["quantize"]
+        lines.append(f"| {r['backend']} {layout} | {r['procs']} x {r['threads']} | "
                      f"{r['audio_s']:.0f} | {r['max_wall_s']:.2f} | {r['throughput']:.2f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['load_s']:.1f} |")  # fmt: skip
     lines += ["", "| parity | tokens | identical tokens | punctuation agrees |", "|---|---|---|---|"]

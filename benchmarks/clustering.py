@@ -23,7 +23,8 @@ spectral+merge without its 6-window floor — the measurement behind clustering.
 Table 3 (in-process): an exact count past 2048 windows with unequal voices (one dominant, some
 rare): FunASR's KMeansCluster vs cluster_speakers, accuracy and seconds.
 
-Figures only, no pass/fail. Re-run on a quiet machine: ``python -m benchmarks.clustering``. ``run(quick) -> dict`` is the entry point for ``python -m benchmarks``.
+Figures only, no pass/fail. Re-run on a quiet machine: ``python -m benchmarks.clustering``.
+``run(quick) -> dict`` is the entry point for ``python -m benchmarks``.
 """
 
 from __future__ import annotations
@@ -242,10 +243,14 @@ def render(result: dict[str, Any]) -> str:
     warm = sorted({(r["backend"], round(r.get("warmup_s", 0), 1)) for r in result["rows"] if "warmup_s" in r})
     funasr_w = max((w for b, w in warm if b == "funasr"), default=0.0)
     fleet_w = max((w for b, w in warm if b == "fleet"), default=0.0)
-    out += f"\nWarm-up call at 2100 windows (first call in a process): FunASR up to {funasr_w} s, fleet up to {fleet_w} s.\n\n"
-    small = [[r["n"], f"{r['rho']}/{r['beta']}", f"{r['split_funasr']}/{r['trials']}", f"{r['merge_funasr']}/{r['trials']}",
-              f"{r['split_fleet']}/{r['trials']}", f"{r['merge_fleet']}/{r['trials']}",
-              f"{r['split_no_floor']}/{r['trials']}", f"{r['merge_no_floor']}/{r['trials']}"] for r in result["small_n"]]  # fmt: skip
+    out += (
+        f"\nWarm-up call at 2100 windows (first call in a process): FunASR up to {funasr_w} s, "
+        f"fleet up to {fleet_w} s.\n\n"
+    )
+    small = [[r["n"], f"{r['rho']}/{r['beta']}", f"{r['split_funasr']}/{r['trials']}",
+              f"{r['merge_funasr']}/{r['trials']}", f"{r['split_fleet']}/{r['trials']}",
+              f"{r['merge_fleet']}/{r['trials']}", f"{r['split_no_floor']}/{r['trials']}",
+              f"{r['merge_no_floor']}/{r['trials']}"] for r in result["small_n"]]  # fmt: skip
     out += table("Few windows, no count: false splits (1 voice) and false merges (2 voices)",
                  ["N", "cos within/between", "FunASR split", "FunASR merge", "fleet split", "fleet merge",
                   "no 6-window floor: split", "merge"], small)  # fmt: skip

@@ -8,6 +8,7 @@ fleet's own costs (broker, S3, events, process layout) rather than a real model'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -328,10 +329,8 @@ class Fleet:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         for pid in self.seen_pids:  # consumers never outlive the run
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._log is not None:
             self._log.close()
         return self.proc.returncode
@@ -402,10 +401,10 @@ class Jobs:
         return self.finals[job_id][0]
 
     def close(self) -> None:
-        try:
+        import pika.exceptions
+
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):  # closing a dead connection
             self.conn.close()
-        except Exception:
-            pass
 
 
 def warm_up(jobs: Jobs, s3: S3, key: str, consumers: int, timeout: float = 600.0) -> None:
@@ -419,22 +418,21 @@ def warm_up(jobs: Jobs, s3: S3, key: str, consumers: int, timeout: float = 600.0
 
 def delete_topology(settings: Any) -> None:
     import pika
+    import pika.exceptions
 
     from funasr_fleet import topology
 
     try:
         conn = pika.BlockingConnection(pika.URLParameters(settings.amqp.url.get_secret_value()))
-    except Exception:
+    except (pika.exceptions.AMQPError, OSError):
         return
     try:
         topology.delete(conn.channel(), settings.amqp, settings.consumer)
-    except Exception:
+    except (pika.exceptions.AMQPError, OSError):
         pass  # best effort: the broker is shared and may be bouncing
     finally:
-        try:
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
             conn.close()
-        except Exception:
-            pass
 
 
 @dataclass
@@ -462,7 +460,7 @@ def run_fleet_batch(settings: Any, s3: S3, keys: Sequence[str], consumers: int, 
         tag = uuid.uuid4().hex[:6]
         ids = [f"b{tag}-{i:04d}" for i in range(len(keys))]
         t0 = time.monotonic()
-        for job_id, key in zip(ids, keys):
+        for job_id, key in zip(ids, keys, strict=True):
             jobs.submit(s3.bucket, key, job_id)
         jobs.wait(ids, timeout)
         last = max(jobs.first(j).at for j in ids)
@@ -475,7 +473,7 @@ def run_fleet_batch(settings: Any, s3: S3, keys: Sequence[str], consumers: int, 
             failed=sum(1 for f in finals if f.kind != "succeeded"),
             inference_s=[
                 float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0) for f in finals
-            ],  # fmt: skip
+            ],
             latency_s=[f.at - jobs.submitted_at[f.job_id] for f in finals],
             audio_s=sum(float(f.data.get("audio_duration_s") or 0) for f in finals),
         )

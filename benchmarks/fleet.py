@@ -7,7 +7,7 @@ For K jobs through the real broker and a SeaweedFS started here:
   (``--consumers N`` without ``--threads``: usable cores // N);
 - ratio fleet ÷ in-process engine on the same files (one bare process, threads = cores, the same
   JSON+SRT written to local disk; ``benchmarks.scaling.bare_batch``);
-- per-job overhead = (publish → final event) − inference, jobs sent one at a time to one consumer
+- per-job overhead = (publish → final event) - inference, jobs sent one at a time to one consumer
   (no queueing), p50/p95;
 - RSS (and USS) per consumer after the batch.
 
@@ -56,7 +56,7 @@ def fleet_batch(s3: common.S3, keys: list[str], consumers: int, work: Path) -> d
         tag = uuid.uuid4().hex[:6]
         ids = [f"f{tag}-{i:04d}" for i in range(len(keys))]
         t0 = time.monotonic()
-        for job_id, key in zip(ids, keys):
+        for job_id, key in zip(ids, keys, strict=True):
             jobs.submit(s3.bucket, key, job_id)
         jobs.wait(ids, 1800)
         finals = [jobs.first(j) for j in ids]

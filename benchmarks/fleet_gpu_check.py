@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 CONSUMER = r'''"""Stand-in consumer that really uses CUDA: heartbeat contract + a GPU matmul 'job'."""
 import json, os, signal, sys, time
@@ -26,7 +27,8 @@ import json, os, signal, sys, time
 hb = os.environ["FLEET_CONSUMER__HEARTBEAT_FILE"]
 sup = int(os.environ["FLEET_SUPERVISOR_PID"])
 stop = False
-info = {"pid": os.getpid(), "threads_env": os.environ.get("FLEET_ENGINE__THREADS"), "omp": os.environ.get("OMP_NUM_THREADS")}
+info = {"pid": os.getpid(), "threads_env": os.environ.get("FLEET_ENGINE__THREADS"),
+        "omp": os.environ.get("OMP_NUM_THREADS")}
 
 def write(state, **extra):
     body = {"pid": os.getpid(), "state": state, "job_id": None, "ts": time.time(), **info, **extra}
@@ -68,7 +70,7 @@ sys.exit(0)
 PY = sys.executable
 OUT = os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu-check-")
 CONSUMER_PATH = os.path.join(tempfile.mkdtemp(prefix="gpu-consumer-"), "gpu_consumer.py")
-open(CONSUMER_PATH, "w").write(CONSUMER)
+Path(CONSUMER_PATH).write_text(CONSUMER)
 report = {}
 
 
@@ -86,7 +88,8 @@ def fork_after_cuda():
         "    except Exception as e:\n"
         "        q.put(type(e).__name__ + ': ' + str(e)[:160])\n"
         "torch.zeros(1, device='cuda')\n"
-        "ctx = mp.get_context('fork'); q = ctx.Queue(); p = ctx.Process(target=child, args=(q,)); p.start(); p.join(60)\n"
+        "ctx = mp.get_context('fork'); q = ctx.Queue()\n"
+        "p = ctx.Process(target=child, args=(q,)); p.start(); p.join(60)\n"
         "print(q.get(timeout=5))\n"
     )
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
@@ -117,7 +120,7 @@ def main() -> None:
         "supervise.add_arguments(p); sys.exit(supervise.run(p.parse_args(sys.argv[1:])))"
     )
     cmd = [PY, "-c", launcher, "--consumers", "2", "--threads", "4", "--consumer-command", f"{PY} {CONSUMER_PATH}"]
-    logf = open(os.path.join(OUT, "supervisor.log"), "wb")
+    logf = open(os.path.join(OUT, "supervisor.log"), "wb")  # noqa: SIM115 - open for the whole run, closed in finally
     t_start = time.monotonic()
     sup = subprocess.Popen(cmd, env=env, stderr=logf, stdout=subprocess.DEVNULL)
 
@@ -125,7 +128,7 @@ def main() -> None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=3) as r:
                 return json.loads(r.read())
-        except Exception:
+        except (OSError, ValueError):  # not up yet, or a half-written answer
             return {}
 
     def ready_pids():
@@ -146,15 +149,15 @@ def main() -> None:
         out = {}
         for p in glob.glob(f"{state}/run-*/heartbeats/*.json"):
             try:
-                b = json.load(open(p))
+                b = json.loads(Path(p).read_text())
                 out[b["pid"]] = b
-            except Exception:
+            except (OSError, ValueError, KeyError, TypeError):  # a beat being replaced, or not a beat
                 pass
         return out
 
     def alive(pid):
         try:
-            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
         except OSError:
             return False
 
@@ -172,9 +175,9 @@ def main() -> None:
         report["after_rolling"] = [beats().get(p) for p in rolled]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             report["metrics"] = [
-                l
-                for l in r.read().decode().splitlines()
-                if l.startswith(("fleet_consumer_restarts_total", "fleet_consumers_"))
+                line
+                for line in r.read().decode().splitlines()
+                if line.startswith(("fleet_consumer_restarts_total", "fleet_consumers_"))
             ]
         t0 = time.monotonic()
         sup.send_signal(signal.SIGTERM)
@@ -187,7 +190,7 @@ def main() -> None:
             sup.kill()
         logf.close()
         print(json.dumps(report, indent=1))
-        json.dump(report, open(os.path.join(OUT, "gpu_check.json"), "w"), indent=1)
+        Path(OUT, "gpu_check.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     print(f"# GPU backends: full-size models, {args.seconds} s speech per consumer, {cores} CPU cores", flush=True)
     print(
-        "| backend | consumers | throughput (audio s / s) | slowest wall s | GPU MiB / consumer (nvidia-smi) | torch reserved MiB |"
+        "| backend | consumers | throughput (audio s / s) | slowest wall s "
+        "| GPU MiB / consumer (nvidia-smi) | torch reserved MiB |"
     )
     print("|---|---|---|---|---|---|", flush=True)
     for backend in [b for b in args.backends.split(",") if b]:

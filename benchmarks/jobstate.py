@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from funasr_fleet import jobstate
-from funasr_fleet.jobstate import JobState, Update
+from funasr_fleet.jobstatus import JobState, Update
 from funasr_fleet.seaweed import SeaweedServer
 from funasr_fleet.settings import S3Settings, Settings
 from funasr_fleet.storage import Storage

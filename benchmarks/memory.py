@@ -4,7 +4,7 @@ Part 1, the fleet as it is: ``supervise --consumers N`` starts N fresh interpret
 consumer has run jobs, read each consumer's RSS, PSS (shared pages split between the processes
 sharing them) and USS (private pages) from /proc/<pid>/smaps_rollup. RSS double-counts shared
 library pages, so the marginal cost of one more consumer is measured with PSS:
-``extra_consumer_rss_fraction = (ΣPSS(N=2) − ΣPSS(N=1)) / ΣPSS(N=1)``.
+``extra_consumer_rss_fraction = (ΣPSS(N=2) - ΣPSS(N=1)) / ΣPSS(N=1)``.
 
 The same fleet with ``supervisor.preload = "fork"`` (consumers forked from a zygote that loaded
 the model once): ΣPSS of consumers + zygote against the fresh-interpreter fleet, the batch
@@ -21,6 +21,7 @@ fleet's zygote loads with one thread and never runs inference).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,7 +48,7 @@ def fleet_memory(counts: list[int], jobs_per_consumer: int = 2, preload: str = "
             )
             got: dict[str, Any] = {}
 
-            def read(fleet: common.Fleet) -> None:
+            def read(fleet: common.Fleet, got: dict[str, Any] = got) -> None:  # bound: called in this iteration
                 got["consumers"] = [common.mem_mb(p) for p in fleet.ready_pids()]
                 got["supervisor"] = common.mem_mb(fleet.proc.pid) if fleet.proc else {}
                 zygote = fleet.status().get("zygote")
@@ -72,7 +73,8 @@ def fleet_memory(counts: list[int], jobs_per_consumer: int = 2, preload: str = "
                 "replace_s": got["replace_s"],
             })  # fmt: skip
             common.log(f"memory preload={preload} N={n}: RSS/consumer {rows[-1]['rss_mb_each']:.0f} MiB, "
-                       f"PSS/consumer {rows[-1]['pss_mb_each']:.0f} MiB, fleet ΣPSS {rows[-1]['fleet_pss_mb']:.0f} MiB, "
+                       f"PSS/consumer {rows[-1]['pss_mb_each']:.0f} MiB, "
+                       f"fleet ΣPSS {rows[-1]['fleet_pss_mb']:.0f} MiB, "
                        f"replace {rows[-1]['replace_s']:.2f} s")  # fmt: skip
     finally:
         s3.stop()
@@ -145,7 +147,7 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
         os.close(r_rel)
         children.append((pid, r_res, w_rel))
     results = []
-    for pid, r_res, _ in children:
+    for _pid, r_res, _ in children:
         raw = b""
         while chunk := os.read(r_res, 65536):  # EOF when the child wrote or died (watchdog)
             raw += chunk
@@ -153,11 +155,9 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
     mems = [common.mem_mb(pid) for pid, _, _ in children]
     parent_after = common.mem_mb(os.getpid())
     statuses = []
-    for pid, r_res, w_rel in children:
-        try:
+    for pid, _r_res, w_rel in children:
+        with contextlib.suppress(OSError):  # the child already died (its watchdog)
             os.write(w_rel, b"x")
-        except OSError:
-            pass
         _, status = os.waitpid(pid, 0)
         statuses.append(os.waitstatus_to_exitcode(status))
     ok = all(s == 0 for s in statuses) and all(r and r["identical"] for r in results)
@@ -178,10 +178,14 @@ def _cow_main(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def cow_probe(config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
-    code = "import json,sys; from benchmarks.memory import _cow_main; print('COW '+json.dumps(_cow_main(json.loads(sys.argv[1]))))"
+    code = (
+        "import json,sys; from benchmarks.memory import _cow_main; "
+        "print('COW '+json.dumps(_cow_main(json.loads(sys.argv[1]))))"
+    )
     env = common.clean_env(PYTHONPATH=str(common.REPO))
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=common.REPO, env=env, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, cwd=common.REPO, env=env,
+                            start_new_session=True)  # fmt: skip
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -189,10 +193,8 @@ def cow_probe(config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
         proc.communicate()
         return {**{k: v for k, v in config.items() if k != "clip"}, "ok": False, "error": "timeout"}
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # never leave a stuck child behind
-        except ProcessLookupError:
-            pass
     for line in stdout.splitlines():
         if line.startswith("COW "):
             return json.loads(line[4:])
@@ -272,12 +274,14 @@ def tables(result: dict[str, Any]) -> str:
                 r["replace_s"],
             )
             for r in [*result["rows"], *result.get("preload_rows", [])]
-        ],  # fmt: skip
+        ],
     )
-    text += f"\nextra consumer / first consumer (PSS, fresh interpreters): **{result['extra_consumer_rss_fraction']:.2f}**\n"
+    fraction = result["extra_consumer_rss_fraction"]
+    text += f"\nextra consumer / first consumer (PSS, fresh interpreters): **{fraction:.2f}**\n"
     if "preload_saving_mb_n2" in result:
         text += (f"preload = fork saves **{result['preload_saving_mb_n2']:.0f} MiB** (2 consumers) and "
-                 f"**{result['preload_saving_mb_n4']:.0f} MiB** (4 consumers) of ΣPSS; one more forked consumer costs "
+                 f"**{result['preload_saving_mb_n4']:.0f} MiB** (4 consumers) of ΣPSS; "
+                 f"one more forked consumer costs "
                  f"{result['preload_extra_consumer_pss_mb']:.0f} MiB; makespan fork ÷ exec (N=2) "
                  f"{result['preload_makespan_ratio_n2']:.2f}; a killed consumer is ready again in "
                  f"{result['replace_s_fork']:.2f} s (fork) vs {result['replace_s_exec']:.2f} s (exec)\n")  # fmt: skip
@@ -308,7 +312,7 @@ def tables(result: dict[str, Any]) -> str:
                 c.get("total_pss_mb", float("nan")),
             )
             for c in result["cow"]
-        ],  # fmt: skip
+        ],
     )
     if "cow_saving_vs_two_consumers_mb" in result:
         text += (f"\n2 forked children (with zygote) vs 2 fresh consumers: saves "

@@ -1,6 +1,6 @@
 """Per-job fixed overhead, fleet vs the Celery peer, and the side-by-side makespan.
 
-Overhead of one job = (publish → final result received) − inference wall time reported by the
+Overhead of one job = (publish → final result received) - inference wall time reported by the
 worker (``real_time_factor × audio_duration_s`` in the fleet's ``job.succeeded`` event; the task's
 ``inference_s`` in Celery). Jobs are sent one at a time to ONE worker process (threads = cores), so
 there is no queueing: what remains is download, decode, upload of JSON+SRT, manifest, events/acks,
@@ -52,7 +52,7 @@ def fleet_batch_on(jobs: common.Jobs, s3: common.S3, keys: list[str], timeout: f
     tag = uuid.uuid4().hex[:6]
     ids = [f"p{tag}-{i:04d}" for i in range(len(keys))]
     t0 = time.monotonic()
-    for job_id, key in zip(ids, keys):
+    for job_id, key in zip(ids, keys, strict=True):
         jobs.submit(s3.bucket, key, job_id)
     jobs.wait(ids, timeout)
     finals = [jobs.first(j) for j in ids]
@@ -61,7 +61,7 @@ def fleet_batch_on(jobs: common.Jobs, s3: common.S3, keys: list[str], timeout: f
         "failed": sum(1 for f in finals if f.kind != "succeeded"),
         "inference_s": [
             float(f.data.get("real_time_factor") or 0) * float(f.data.get("audio_duration_s") or 0) for f in finals
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -162,7 +162,7 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
             "rss_mb": avg(fleet_mem, "rss_mb"),
             "pss_mb": avg(fleet_mem, "pss_mb"),
             "parent_rss_mb": supervisor_mem.get("rss_mb", float("nan")),
-        },  # fmt: skip
+        },
         "celery": {
             **celery_o,
             "makespan_s": cb_makespan,
@@ -172,7 +172,7 @@ def run(quick: bool = True, *, cores: int | None = None) -> dict[str, Any]:
             "rss_mb": avg(celery_mem, "rss_mb"),
             "pss_mb": avg(celery_mem, "pss_mb"),
             "parent_rss_mb": celery_parent.get("rss_mb", float("nan")),
-        },  # fmt: skip
+        },
         "overhead_p50_ms": fleet_o["overhead_p50_ms"],
         "overhead_p95_ms": fleet_o["overhead_p95_ms"],
         "celery_makespan_ratio": fb_makespan / cb_makespan,
@@ -188,7 +188,8 @@ def tables(result: dict[str, Any]) -> str:
          c["makespan_s"], c["batch_inference_mean_s"], c["rss_mb"], c["pss_mb"]),
     ]  # fmt: skip
     text = common.table(
-        f"Fleet vs Celery peer: overhead on a {result['clip_s']:.0f} s clip ({f['samples']} sequential jobs, 1 worker); "
+        f"Fleet vs Celery peer: overhead on a {result['clip_s']:.0f} s clip "
+        f"({f['samples']} sequential jobs, 1 worker); "
         f"makespan of {result['batch_jobs']} x {result['batch_clip_s']:.0f} s on {result['workers']} workers",
         ["", "overhead p50 ms", "overhead p95 ms", "inference p50 ms", "batch makespan s",
          "batch inference mean s", "RSS/worker MiB", "PSS/worker MiB"],
@@ -196,7 +197,8 @@ def tables(result: dict[str, Any]) -> str:
     )  # fmt: skip
     text += (
         f"\nfleet ÷ Celery makespan (median of {result['rounds']} alternating rounds): "
-        f"**{result['celery_makespan_ratio']:.3f}** (fleet {f['makespans_s']}, Celery {c['makespans_s']}); fleet overhead p50 "
+        f"**{result['celery_makespan_ratio']:.3f}** (fleet {f['makespans_s']}, Celery {c['makespans_s']}); "
+        f"fleet overhead p50 "
         f"**{result['overhead_p50_ms']:.0f} ms** (goal <= 100 ms), p95 {result['overhead_p95_ms']:.0f} ms; "
         f"supervisor RSS {f['parent_rss_mb']:.0f} MiB, Celery parent process RSS {c['parent_rss_mb']:.0f} MiB\n"
     )

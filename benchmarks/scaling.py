@@ -148,7 +148,8 @@ def tables(result: dict[str, Any]) -> str:
     )
     text += (
         f"\nfleet {result['cores']}x1 / bare {result['cores']}x1 makespan: **{result['fleet_overhead_ratio']:.3f}**"
-        f" (goal <= 1.03); N={result['cores']} / N=1 throughput: **{result['scaling_n2_over_n1']:.2f}x** (goal >= 1.8)\n"
+        f" (goal <= 1.03); N={result['cores']} / N=1 throughput: **{result['scaling_n2_over_n1']:.2f}x**"
+        f" (goal >= 1.8)\n"
     )
     return text
 

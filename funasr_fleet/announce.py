@@ -33,7 +33,7 @@ import structlog
 from funasr_fleet import events, jobstate, topology
 from funasr_fleet.errors import DeliveryLimitExceeded, FleetError
 from funasr_fleet.jobs import JOB_ID_RE, decode_body, message_kind, validate_job
-from funasr_fleet.jobstate import JobState, Update
+from funasr_fleet.jobstatus import JobState, Update
 from funasr_fleet.settings import Settings
 
 log = structlog.get_logger(__name__)

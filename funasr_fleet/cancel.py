@@ -28,7 +28,7 @@ import pika
 
 from funasr_fleet import events, jobstate
 from funasr_fleet.errors import ObjectNotFound
-from funasr_fleet.jobstate import JobState, JobStatus, Update
+from funasr_fleet.jobstatus import JobState, JobStatus, Update, now_iso
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage, WriteConflict
 
@@ -88,7 +88,7 @@ def ensure_marker(storage: Storage, settings: Settings, job_id: str, *, reason: 
     marker = {
         "job_id": job_id,
         "id": uuid.uuid4().hex[:16],
-        "requested_at": jobstate.now_iso(),
+        "requested_at": now_iso(),
         "by": jobstate.writer_id("cancel"),
         "reason": (reason or "")[:500] or None,
     }
@@ -160,9 +160,16 @@ def request_cancel(
         return CancelAnswer(job_id, Outcome.REQUESTED, status, _MESSAGES[Outcome.REQUESTED])
     if status.state is JobState.QUEUED:
         recorded = jobstate.record(
-            storage, settings, Update(job_id=job_id, state=JobState.CANCELLED, by=jobstate.writer_id("cancel"),
-                                      error=events.ErrorInfo(code="job_cancelled", message=reason or "cancelled"))
-        )  # fmt: skip
+            storage,
+            settings,
+            Update(
+                job_id=job_id,
+                state=JobState.CANCELLED,
+                by=jobstate.writer_id("cancel"),
+                error=events.ErrorInfo(code="job_cancelled", message=reason or "cancelled"),
+                only_from=frozenset({JobState.QUEUED}),
+            ),
+        )  # fmt: skip  (only_from: a consumer that took the job meanwhile stops it itself)
         status = recorded.status
         if recorded.applied:
             publish_cancelled(settings, publish, status, marker)
@@ -173,8 +180,16 @@ def request_cancel(
     return CancelAnswer(job_id, Outcome.CANCELLING, status, _MESSAGES[Outcome.CANCELLING])
 
 
-def publish_cancelled(settings: Settings, publish: Publish, status: JobStatus, marker: dict[str, Any]) -> None:
-    """The job's final ``job.cancelled`` event (deterministic id), on the topic exchange."""
+def publish_cancelled(
+    settings: Settings,
+    publish: Publish,
+    status: JobStatus,
+    marker: dict[str, Any],
+    *,
+    reply_to: str | None = None,
+    correlation_id: str | None = None,
+) -> None:
+    """The job's final ``job.cancelled`` event (deterministic id), on the topic exchange and to ``reply_to``."""
     event = events.cancelled(status.job_id, str(marker["id"]), attempt=status.attempt or 1, input_uri=status.input)
     headers = {events.CALLBACK_HEADER: status.callback} if status.callback else None
     props = pika.BasicProperties(
@@ -185,7 +200,12 @@ def publish_cancelled(settings: Settings, publish: Publish, status: JobStatus, m
         type=event.type,
         headers=headers,
     )
-    publish(settings.amqp.events_exchange, events.routing_key("cancelled"), events.encode(event), props)
+    body = events.encode(event)
+    publish(settings.amqp.events_exchange, events.routing_key("cancelled"), body, props)
+    if reply_to:
+        reply = pika.BasicProperties(content_type=events.CONTENT_TYPE, delivery_mode=2, message_id=event.id,
+                                     correlation_id=correlation_id, timestamp=_now_s(), type=event.type)  # fmt: skip
+        publish("", reply_to, body, reply)
 
 
 def _now_s() -> int:

@@ -18,415 +18,36 @@ with Client(load_settings()) as fleet:
 Status: before publishing, the publisher records the job as ``queued`` in its status object
 (``funasr_fleet.jobstate``); a failed publish records ``failed`` (``broker_unavailable``) instead.
 
-Publishing: publisher confirms, persistent messages, the AMQP ``timestamp`` set (the consumer's
-queue-wait metric), ``message_id`` = job id, to ``amqp.jobs_exchange`` under
-``amqp.jobs_routing_key``, after declaring the topology (idempotent). Waiting: an exclusive
-queue bound to ``job.*`` on the events exchange is made BEFORE anything is published, so no event
-is missed; it is also the job's ``reply_to`` (the consumer sends the final event there too).
-Duplicate events (topic + reply_to) are recognised by their CloudEvents id.
+This module is the facade: ``Client`` and the one-call helpers. Publishing lives in
+``funasr_fleet.publisher``, waiting for events (and ``JobResult``) in ``funasr_fleet.waiting``.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TextIO
 
-import pika
-import pika.exceptions
 import structlog
-from pydantic import ValidationError
 
-from funasr_fleet import envelope, events, jobstate, topology
-from funasr_fleet.errors import BrokerUnavailable, ConfigError, FleetError
-from funasr_fleet.jobs import JobOptions, JobRequest, S3Location, check_allowed, parse_s3_uri
-from funasr_fleet.keys import join_key
-from funasr_fleet.manifest import manifest_key
+from funasr_fleet import jobstate
+from funasr_fleet.errors import BrokerUnavailable
+from funasr_fleet.jobs import JobOptions, JobRequest, check_allowed
+from funasr_fleet.publisher import Publisher
+from funasr_fleet.s3uri import S3Location, parse_s3_uri
 from funasr_fleet.settings import Settings
+from funasr_fleet.waiting import (
+    WAIT_TIMEOUT_CODE,
+    EventWatcher,
+    JobResult,
+    ProgressCallback,
+    default_output,
+    result_from_manifest,
+)
+
+__all__ = ["WAIT_TIMEOUT_CODE", "Client", "JobResult", "build_job", "status", "submit", "wait"]
 
 log = structlog.get_logger(__name__)
-
-MAX_BUFFERED_JOBS = 10_000
-"""The watcher sees every job's events; it buffers those of at most this many jobs (oldest dropped)."""
-MAX_EVENTS_PER_JOB = 64
-WAIT_TIMEOUT_CODE = "wait_timeout"
-"""``JobResult.error_code`` when :meth:`EventWatcher.wait` gave up (the job may still finish)."""
-APP_ID = envelope.CLIENT_APP_ID
-
-
-@dataclass
-class JobResult:
-    """How a job ended, from its final event (or a manifest, or a client-side timeout)."""
-
-    job_id: str
-    status: str  # succeeded | failed | cancelled | timeout
-    outputs: list[str] = field(default_factory=list)
-    error_code: str | None = None
-    error_message: str | None = None
-    event: events.CloudEvent | None = None
-    warnings: list[events.WarningInfo] = field(default_factory=list)  # succeeded, but not exactly as asked
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "succeeded"
-
-    @property
-    def data(self) -> events.EventData | None:
-        return self.event.data if self.event is not None else None
-
-
-ProgressCallback = Callable[[events.CloudEvent], None]
-
-
-def _connect(settings: Settings) -> pika.BlockingConnection:
-    params = pika.URLParameters(settings.amqp.url.get_secret_value())
-    params.heartbeat = settings.amqp.heartbeat_s
-    params.socket_timeout = settings.amqp.connect_timeout_s
-    params.blocked_connection_timeout = max(30.0, settings.amqp.connect_timeout_s)
-    params.client_properties = {"connection_name": APP_ID}
-    try:
-        return pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as exc:
-        # Never echo the URL: it holds the password.
-        raise BrokerUnavailable(f"cannot connect to the broker: {type(exc).__name__}") from None
-    except OSError as exc:
-        raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from None
-
-
-def _declare(channel: Any, settings: Settings) -> None:
-    try:
-        topology.declare(channel, settings.amqp, settings.consumer)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 406:
-            raise ConfigError(f"the broker's topology differs from these settings: {exc.reply_text}") from None
-        raise BrokerUnavailable(f"declaring the topology failed: {exc.reply_text}") from None
-
-
-class Publisher:
-    """Publishes job requests with confirms; callable, so ``intake.sweep`` can use it directly.
-
-    With ``jobs.status`` on, each job is recorded as ``queued`` before it is published (``storage`` is
-    made from the settings when not given); a status write that fails is logged, never fatal.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        connection: pika.BlockingConnection | None = None,
-        declare: bool = True,
-        storage: Any = None,
-    ) -> None:
-        self.settings = settings
-        self._own = connection is None
-        self._connection: pika.BlockingConnection | None = connection
-        self._channel: Any = None
-        self._declare = declare
-        self._storage = storage
-
-    @property
-    def storage(self) -> Any:
-        """The :class:`funasr_fleet.storage.Storage` for status writes (made on first use)."""
-        if self._storage is None:
-            from funasr_fleet.storage import Storage
-
-            self._storage = Storage(self.settings.s3)
-        return self._storage
-
-    def _ensure(self) -> Any:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        if self._connection is None or not self._connection.is_open:
-            if not self._own:
-                raise BrokerUnavailable("the client's broker connection is closed")
-            self._connection = _connect(self.settings)
-        channel = self._connection.channel()
-        if self._declare:
-            _declare(channel, self.settings)
-            self._declare = False  # once per publisher is enough
-        channel.confirm_delivery()
-        self._channel = channel
-        return channel
-
-    def publish(self, job: JobRequest, *, reply_to: str | None = None, correlation_id: str | None = None) -> str:
-        """Record the job ``queued``, publish it and wait for the broker's confirm; returns the job id.
-
-        Raises BrokerUnavailable when the broker did not confirm (the status then reads ``failed``,
-        ``broker_unavailable``; publishing again re-opens it).
-        """
-        props = envelope.job_properties(
-            str(job.job_id), app_id=APP_ID, reply_to=reply_to, correlation_id=correlation_id or str(job.job_id)
-        )
-        body = job.to_body()
-        by = jobstate.writer_id("publisher")
-        fields = jobstate.job_fields(job, self.settings)
-        queued = jobstate.Update(
-            job_id=str(job.job_id), state=jobstate.JobState.QUEUED, by=by, attempt=1, reopen=True, **fields
-        )
-        recorded = jobstate.try_record(self.storage, self.settings, queued) if self.settings.jobs.status else None
-        try:
-            self._publish_body(job, body, props)
-        except BrokerUnavailable as exc:
-            if recorded is not None and recorded.applied:
-                error = events.ErrorInfo(code=exc.code, message=f"not enqueued: {exc.message}")
-                failed = jobstate.Update(job_id=str(job.job_id), state=jobstate.JobState.FAILED, by=by, error=error)
-                jobstate.try_record(self.storage, self.settings, failed)
-            raise
-        log.info("job published", job_id=job.job_id, audio=job.audio.uri)
-        return str(job.job_id)
-
-    def _publish_body(self, job: JobRequest, body: bytes, props: pika.BasicProperties) -> None:
-        amqp = self.settings.amqp
-        for attempt in (1, 2):
-            try:
-                channel = self._ensure()
-                channel.basic_publish(amqp.jobs_exchange, amqp.jobs_routing_key, body, props, mandatory=True)
-                break
-            except pika.exceptions.UnroutableError:
-                raise BrokerUnavailable(
-                    f"job {job.job_id} was not routed to a queue (exchange {amqp.jobs_exchange!r}, key {amqp.jobs_routing_key!r})"
-                ) from None
-            except pika.exceptions.NackError:
-                raise BrokerUnavailable(f"the broker refused job {job.job_id} (queue full or unavailable)") from None
-            except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
-                self._channel = None
-                # An idle connection may have been dropped (missed heartbeats): one fresh try. A
-                # duplicate, if the first publish did land, is the same job id (idempotent).
-                if attempt == 1 and self._own and not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
-                    self._drop_connection()
-                    continue
-                raise BrokerUnavailable(f"publishing job {job.job_id} failed: {type(exc).__name__}") from None
-
-    def send(self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
-        """Publish any message (events, control broadcasts) and wait for the confirm; BrokerUnavailable otherwise."""
-        for attempt in (1, 2):
-            try:
-                self._ensure().basic_publish(exchange, routing_key, body, properties)
-                return
-            except pika.exceptions.NackError:
-                raise BrokerUnavailable(f"the broker refused a message to {exchange!r}") from None
-            except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
-                self._channel = None
-                if attempt == 1 and self._own and not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
-                    self._drop_connection()
-                    continue
-                raise BrokerUnavailable(f"publishing to {exchange!r} failed: {type(exc).__name__}") from None
-
-    def _drop_connection(self) -> None:
-        try:
-            if self._connection is not None and self._connection.is_open:
-                self._connection.close()
-        except Exception:  # noqa: BLE001 - it is already broken
-            pass
-        self._connection = None
-
-    __call__ = publish
-
-    def close(self) -> None:
-        if self._own and self._connection is not None and self._connection.is_open:
-            try:
-                self._connection.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                pass
-        self._connection = None
-        self._channel = None
-
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-
-class EventWatcher:
-    """An exclusive queue bound to every ``job.*`` event; create it BEFORE publishing what you wait for."""
-
-    def __init__(self, settings: Settings, *, connection: pika.BlockingConnection | None = None) -> None:
-        self.settings = settings
-        self._own = connection is None
-        self._connection = connection or _connect(settings)
-        self._events: OrderedDict[str, deque[events.CloudEvent]] = OrderedDict()
-        self._seen: set[str] = set()
-        self._seen_order: deque[str] = deque()
-        try:
-            channel = self._connection.channel()
-            channel.exchange_declare(settings.amqp.events_exchange, exchange_type="topic", durable=True)
-            declared = channel.queue_declare("", exclusive=True, auto_delete=True)
-            self.queue: str = declared.method.queue
-            channel.queue_bind(self.queue, settings.amqp.events_exchange, routing_key="job.*")
-            channel.basic_consume(self.queue, self._on_message, auto_ack=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            self.close()
-            if exc.reply_code == 406:
-                raise ConfigError(f"events exchange differs from these settings: {exc.reply_text}") from None
-            raise BrokerUnavailable(f"cannot watch events: {exc.reply_text}") from None
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            self.close()
-            raise BrokerUnavailable(f"cannot watch events: {type(exc).__name__}") from None
-        self._channel = channel
-
-    @property
-    def connection(self) -> pika.BlockingConnection:
-        return self._connection
-
-    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        try:
-            event = events.parse(body)
-        except (ValueError, ValidationError) as exc:
-            log.warning("ignoring an unreadable event", error=str(exc)[:200])
-            return
-        if event.id in self._seen:
-            return  # the same final event via topic and reply_to
-        self._seen.add(event.id)
-        self._seen_order.append(event.id)
-        if len(self._seen_order) > MAX_BUFFERED_JOBS * 4:
-            self._seen.discard(self._seen_order.popleft())
-        queue = self._events.get(event.subject)
-        if queue is None:
-            queue = self._events[event.subject] = deque(maxlen=MAX_EVENTS_PER_JOB)
-            while len(self._events) > MAX_BUFFERED_JOBS:  # a busy fleet: forget the oldest jobs
-                self._events.popitem(last=False)
-        queue.append(event)
-
-    def poll(self, time_limit: float = 0.0) -> None:
-        """Service the connection (heartbeats, deliveries) for up to ``time_limit`` seconds."""
-        if not self._connection.is_open:
-            raise BrokerUnavailable("the event connection is closed")
-        try:
-            self._connection.process_data_events(time_limit=time_limit)
-        except (pika.exceptions.AMQPError, OSError, ValueError) as exc:  # ValueError: pika on a dead socket
-            raise BrokerUnavailable(f"lost the broker while waiting: {type(exc).__name__}") from None
-
-    def wait(
-        self,
-        job_id: str,
-        timeout_s: float | None = None,
-        *,
-        progress: bool | ProgressCallback = False,
-        stream: TextIO | None = None,
-    ) -> JobResult:
-        """Block until ``job_id``'s final event (job.succeeded / job.failed / job.cancelled) or the timeout.
-
-        ``progress``: True draws a progress bar on stderr; a callable receives every event.
-        """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        bar = ProgressBar(job_id, stream or sys.stderr) if progress is True else None
-        callback: ProgressCallback | None = progress if callable(progress) else None
-        try:
-            while True:
-                queue = self._events.get(job_id)
-                if queue is not None:
-                    self._events.move_to_end(job_id)  # the job we wait for is never the one evicted
-                while queue:
-                    event = queue.popleft()
-                    if bar is not None:
-                        bar.update(event)
-                    if callback is not None:
-                        callback(event)
-                    if event.final:
-                        self._events.pop(job_id, None)
-                        return _result_from_event(event)
-                if deadline is not None and time.monotonic() >= deadline:
-                    return JobResult(
-                        job_id=job_id,
-                        status="timeout",
-                        error_code=WAIT_TIMEOUT_CODE,
-                        error_message=f"no final event within {timeout_s:.0f} s (the job may still finish)",
-                    )
-                slice_s = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-                self.poll(slice_s)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def close(self) -> None:
-        if self._own and self._connection is not None and self._connection.is_open:
-            try:
-                self._connection.close()
-            except Exception:  # noqa: BLE001
-                pass
-
-    def __enter__(self) -> EventWatcher:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-
-def _result_from_event(event: events.CloudEvent) -> JobResult:
-    data = event.data
-    if event.kind == "succeeded":
-        return JobResult(
-            job_id=event.subject,
-            status="succeeded",
-            outputs=list(data.outputs or []),
-            event=event,
-            warnings=list(data.warnings or []),
-        )
-    if event.kind == "cancelled":
-        return JobResult(
-            job_id=event.subject,
-            status="cancelled",
-            error_code="job_cancelled",
-            error_message=data.error.message if data.error else "the job was cancelled",
-            event=event,
-        )
-    return JobResult(
-        job_id=event.subject,
-        status="failed",
-        error_code=data.error.code if data.error else "internal_error",
-        error_message=data.error.message if data.error else None,
-        event=event,
-    )
-
-
-class ProgressBar:
-    """A one-line progress bar fed by job events (redrawn on a TTY, one line per stage otherwise)."""
-
-    WIDTH = 30
-
-    def __init__(self, job_id: str, stream: TextIO) -> None:
-        self.job_id = job_id
-        self.stream = stream
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self._last = ""
-        self._drawn = False
-
-    def update(self, event: events.CloudEvent) -> None:
-        data = event.data
-        if event.kind == "started":
-            fraction, label = 0.0, f"started (attempt {data.attempt})"
-        elif event.kind == "progress":
-            fraction = data.progress or 0.0
-            label = data.stage or "running"
-            if data.stage == "retrying" and data.error is not None:
-                label = f"retrying after {data.error.code}"
-        elif event.kind == "succeeded":
-            fraction, label = 1.0, "succeeded"
-        elif event.kind == "cancelled":
-            fraction, label = data.progress or 0.0, "cancelled"
-        else:
-            fraction, label = data.progress or 0.0, f"failed: {data.error.code if data.error else '?'}"
-        filled = int(round(self.WIDTH * max(0.0, min(1.0, fraction))))
-        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:5.1f}% {label}"
-        if line == self._last:
-            return
-        self._last = line
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + line)
-            self._drawn = True
-        else:
-            self.stream.write(f"{self.job_id}: {line}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def build_job(
@@ -547,14 +168,14 @@ class Client:
         self.watcher.close()
         self.watcher = EventWatcher(self.settings)
         self.publisher = Publisher(self.settings, connection=self.watcher.connection, declare=False)
-        location = self._outputs.get(job_id) or _default_output(self.settings, job_id)
-        done = _from_manifest(self.settings, job_id, location)
+        location = self._outputs.get(job_id) or default_output(self.settings, job_id)
+        done = result_from_manifest(self.settings, job_id, location)
         if done is not None:
             return done
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         result = self.watcher.wait(job_id, remaining, progress=progress, stream=stream)
         if result.status == "timeout":
-            return _from_manifest(self.settings, job_id, location) or result
+            return result_from_manifest(self.settings, job_id, location) or result
         return result
 
     def output_location(self, job_id: str) -> S3Location | None:
@@ -599,37 +220,14 @@ def wait(
     ``output`` is the job's output prefix when it is not the default ``results_prefix/<job_id>``.
     Events published before this call are not seen, so the manifest is checked again on timeout.
     """
-    location = (parse_s3_uri(output, allow_empty_key=True) if isinstance(output, str) else output) or _default_output(
+    location = (parse_s3_uri(output, allow_empty_key=True) if isinstance(output, str) else output) or default_output(
         settings, job_id
     )
     with EventWatcher(settings) as watcher:
-        done = _from_manifest(settings, job_id, location)
+        done = result_from_manifest(settings, job_id, location)
         if done is not None:
             return done
         result = watcher.wait(job_id, timeout_s, progress=progress)
     if result.status == "timeout":
-        return _from_manifest(settings, job_id, location) or result
+        return result_from_manifest(settings, job_id, location) or result
     return result
-
-
-def _default_output(settings: Settings, job_id: str) -> S3Location:
-    return S3Location(bucket=settings.s3.results_bucket, key=join_key(settings.s3.results_prefix, job_id))
-
-
-def _from_manifest(settings: Settings, job_id: str, location: S3Location) -> JobResult | None:
-    from funasr_fleet.storage import Storage
-
-    try:
-        manifest = Storage(settings.s3).get_json(location.bucket, manifest_key(location.key))
-    except FleetError as exc:
-        log.warning("could not read the manifest", error=exc.message)
-        return None
-    if not manifest or manifest.get("job_id") != job_id:
-        return None
-    raw_warnings = (manifest.get("event") or {}).get("warnings") or []
-    try:
-        warnings = [events.WarningInfo.model_validate(w) for w in raw_warnings]
-    except ValidationError:
-        log.warning("the manifest's warnings are unreadable", job_id=job_id, warnings=repr(raw_warnings)[:500])
-        warnings = []
-    return JobResult(job_id=job_id, status="succeeded", outputs=list(manifest.get("outputs") or []), warnings=warnings)

@@ -13,10 +13,7 @@ END = "<!-- config-reference:end -->"
 
 
 def _default(field) -> str:  # type: ignore[no-untyped-def]
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, SecretStr):
         return "(secret)"
     if value is None:

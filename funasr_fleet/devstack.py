@@ -198,12 +198,13 @@ def demo() -> int:
 
 
 def _enqueue_and_wait(settings, storage, key: str) -> int:  # type: ignore[no-untyped-def]
-    from funasr_fleet import client, intake
+    from funasr_fleet import client, intake, reconcile
+    from funasr_fleet.publisher import Publisher
 
     bucket = settings.s3.inbox_bucket
     job = intake.job_for_object(settings, bucket, key, storage.head(bucket, key).etag, via="sweep")
-    with client.Publisher(settings) as publisher:
-        report = intake.sweep(settings, storage, publisher)
+    with Publisher(settings) as publisher:
+        report = reconcile.sweep(settings, storage, publisher)
     say(f"reconcile sweep: {report}")
     # Answered from the manifest at once when an earlier demo run already transcribed this file.
     results = [client.wait(settings, str(job.job_id), 900, output=job.output, progress=True)]

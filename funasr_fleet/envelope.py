@@ -8,7 +8,9 @@ Headers: the broker adds its own (``x-death``, ``x-delivery-count``, ...) when i
 redelivers a message; a copy we publish must not carry them (a re-published message would look
 dead already). A retry keeps the fleet's retry headers (:data:`topology.ATTEMPT_HEADER`,
 :data:`topology.RETRY_REASON_HEADER`) and sets them anew; a DLQ replay drops them too, so the job
-starts again at attempt 1, and counts the replay in :data:`REPLAYED_HEADER`.
+starts again at attempt 1, and counts the replay in :data:`REPLAYED_HEADER`. A dead letter the
+consumer publishes itself (a nack cannot carry headers) keeps the retry headers and adds the
+failure's :data:`FAILURE_HEADERS`, so ``funasr-fleet dlq list`` can show why it died.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from typing import Any
 import pika
 
 from funasr_fleet import events
-from funasr_fleet.topology import ATTEMPT_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, RETRY_REASON_HEADER
+from funasr_fleet.topology import (
+    ATTEMPT_HEADER,
+    ERROR_CODE_HEADER,
+    ERROR_MESSAGE_HEADER,
+    FAILED_AT_HEADER,
+    RETRY_REASON_HEADER,
+)
 
 JSON = "application/json"
 PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
@@ -44,8 +52,10 @@ BROKER_HEADERS = frozenset(
 )
 """Headers RabbitMQ adds on dead-lettering and quorum redelivery."""
 RETRY_HEADERS = frozenset({ATTEMPT_HEADER, RETRY_REASON_HEADER})
-FAILURE_HEADERS = frozenset({ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER})
+FAILURE_HEADERS = frozenset({ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, FAILED_AT_HEADER})
 """Set on a dead letter the consumer gave up on (``dlq list`` shows them); no live copy carries them."""
+MAX_ERROR_MESSAGE_CHARS = 1000
+"""``x-fleet-error-message`` is cut to this many characters (headers count against the frame size)."""
 
 
 def carry_headers(headers: Mapping[str, Any] | None, *, keep_retry: bool) -> dict[str, Any]:
@@ -97,6 +107,22 @@ def replay_properties(original: pika.BasicProperties) -> pika.BasicProperties:
     headers = carry_headers(original.headers, keep_retry=False)
     headers[REPLAYED_HEADER] = int(headers.get(REPLAYED_HEADER, 0)) + 1
     return _copy(original, headers)
+
+
+def dead_letter_properties(
+    original: pika.BasicProperties, *, code: str, message: str, failed_at: str
+) -> pika.BasicProperties:
+    """The copy of a failed message the consumer publishes to the dead-letter exchange: same ids,
+    timestamp and attempt headers, broker headers dropped, plus the failure's error ``code``,
+    ``message`` (cut to :data:`MAX_ERROR_MESSAGE_CHARS`) and ``failed_at`` (ISO 8601, the caller's clock)."""
+    headers = carry_headers(original.headers, keep_retry=True)
+    headers[ERROR_CODE_HEADER] = code
+    headers[ERROR_MESSAGE_HEADER] = message[:MAX_ERROR_MESSAGE_CHARS]
+    headers[FAILED_AT_HEADER] = failed_at
+    props = _copy(original, headers)
+    props.app_id = original.app_id  # who sent it (client, intake) stays visible in the DLQ
+    props.type = original.type
+    return props
 
 
 def event_properties(event: events.CloudEvent, correlation_id: str | None = None) -> pika.BasicProperties:

@@ -19,12 +19,12 @@ import os
 import socket
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 CONTENT_TYPE = "application/cloudevents+json"
-SPEC_VERSION = "1.0"
+SPEC_VERSION: Final = "1.0"
 TYPE_PREFIX = "io.funasr-fleet.job."
 EventKind = Literal["started", "progress", "succeeded", "failed", "cancelled"]
 FINAL_KINDS: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})

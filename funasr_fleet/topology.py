@@ -49,6 +49,9 @@ ERROR_CODE_HEADER = "x-fleet-error-code"
 when it dead-letters a message itself; ``funasr-fleet dlq list`` shows it)."""
 ERROR_MESSAGE_HEADER = "x-fleet-error-message"
 """On a dead letter: that failure's message (at most 1,000 characters)."""
+FAILED_AT_HEADER = "x-fleet-failed-at"
+"""On a dead letter the consumer published itself: when it gave up (ISO 8601, UTC; such copies have no
+``x-death`` and so no broker death time)."""
 DEAD_LETTER_ROUTING_KEY = "dead"
 
 CONTROL_CANCEL_PREFIX = "cancel."

@@ -136,6 +136,8 @@ class Fleet:
         self.env = {**env, "FLEET_SUPERVISOR__HTTP_HOST": "127.0.0.1", "FLEET_SUPERVISOR__HTTP_PORT": str(self.port)}
         self.env.setdefault("FLEET_SUPERVISOR__STATE_DIR", str(tmp / "state"))
         self.env.setdefault("FLEET_LOG__FORMAT", "json")
+        # the announcer sidecar needs the test's broker and S3; the tests that exercise it turn it on
+        self.env.setdefault("FLEET_SUPERVISOR__ANNOUNCER", "false")
         cmd = [sys.executable, "-m", "funasr_fleet", "supervise", *args]
         if consumer_command:
             cmd += ["--consumer-command", " ".join(consumer_command)]

@@ -16,7 +16,7 @@ import pytest
 from funasr_fleet import announce, events, jobstate, topology
 from funasr_fleet.client import Client, build_job
 from funasr_fleet.consumer import dlq
-from funasr_fleet.jobstate import JobState
+from funasr_fleet.jobstatus import JobState
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
 

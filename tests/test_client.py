@@ -20,12 +20,15 @@ import pika
 import pytest
 
 from funasr_fleet import client, events, topology
-from funasr_fleet.client import Client, EventWatcher, JobResult, ProgressBar
+from funasr_fleet.client import Client, JobResult
 from funasr_fleet.errors import BrokerUnavailable, UnsupportedFormat
 from funasr_fleet.jobs import JobRequest
 from funasr_fleet.manifest import MANIFEST_NAME
+from funasr_fleet.progressbar import ProgressBar
+from funasr_fleet.publisher import Publisher
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
+from funasr_fleet.waiting import EventWatcher
 from tests.fixtures.services import subprocess_env
 
 SOURCE = "/funasr-fleet/consumers/stand-in"
@@ -175,7 +178,7 @@ def test_publisher_recovers_from_a_dropped_connection(settings: Settings, stand_
     import socket
 
     worker = stand_in()
-    with client.Publisher(settings) as publisher:
+    with Publisher(settings) as publisher:
         publisher(client.build_job("s3://calls/one.wav"))
         try:  # what a broker does to a connection that missed its heartbeats
             sock = publisher._connection._impl._transport._sock  # type: ignore[union-attr]
@@ -321,9 +324,9 @@ def test_cli_submit_wait_upload_and_failure_with_the_real_consumer(
         up_uris = [line for line in up.stdout.splitlines() if line.startswith("s3://")]
         assert up_uris[-1].endswith(MANIFEST_NAME)
         # The uploaded object sits in the inbox and its job is the bucket-drop job: the sweep skips it.
-        from funasr_fleet import intake
+        from funasr_fleet import reconcile
 
-        report = intake.sweep(s, storage, lambda job: pytest.fail(f"sweep re-enqueued {job.audio.key}"),
+        report = reconcile.sweep(s, storage, lambda job: pytest.fail(f"sweep re-enqueued {job.audio.key}"),
                               objects=[o for o in storage.list_objects(s.s3.inbox_bucket, "") if "dialogue" in o.key and not o.key.startswith("cli/")])  # fmt: skip
         assert report.done == 1
 

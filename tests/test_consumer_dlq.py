@@ -85,11 +85,6 @@ def test_dlq_list_and_replay(
 
 
 # --- what `dlq list` shows as the error (issue 16) -------------------------------------------------------
-PHASE2_DLQ = (
-    "phase 2: the consumer must set x-fleet-error-code/-message when it dead-letters (a nack cannot carry headers)"
-)
-
-
 def _dead_letter_raw(settings: Settings, messages: list[tuple[bytes, str, dict[str, object]]]) -> None:
     """Publish each (body, message id, headers) to the jobs queue and reject it: the broker dead-letters it
     exactly as it does a consumer's nack(requeue=False)."""
@@ -206,7 +201,7 @@ def test_dlq_replay_drops_the_error_headers(fleet_settings: Callable[..., Settin
     ("case", "code"),
     [
         ("schema", "schema_invalid"),
-        pytest.param("missing-object", "object_not_found", marks=pytest.mark.xfail(strict=True, reason=PHASE2_DLQ)),
+        ("missing-object", "object_not_found"),
     ],
 )
 def test_dlq_list_after_a_real_consumer_failed_the_job(
@@ -231,3 +226,58 @@ def test_dlq_list_after_a_real_consumer_failed_the_job(
         broker.close()
     [row] = dlq.list_dead(s, job_id=job_id)
     assert row.last_error == code and row.error_message
+
+
+def test_a_fan_out_refused_until_attempts_run_out_is_dead_lettered_with_its_error(
+    fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Any, audio_dir: Any, tmp_path: Any
+) -> None:
+    """The jobs queue stays full (max-length policy): the notification is retried once through the delay
+    tier, then fails with job.failed broker_unavailable and is dead-lettered; `dlq list` shows the error
+    (from the header), the kind, the first record's object as audio and the record count."""
+    import re
+    from urllib.parse import quote_plus
+
+    from funasr_fleet.consumer import dlq
+    from tests.test_consumer import Broker, consumer_thread
+    from tests.test_intake import _rabbitmqctl, _vhost, minio_body
+
+    s = fleet_settings(
+        with_engine=True,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 0.5, "retry_max_delay_s": 1.0,
+                  "retry_max_attempts": 2},
+    )  # fmt: skip
+    inbox = s.s3.inbox_bucket
+    wav = (audio_dir / "dialogue.wav").read_bytes()
+    keys = ["full/one a.wav", "full/two.wav"]
+    infos = [storage.put_bytes(inbox, k, wav[: len(wav) - i * 1000]) for i, k in enumerate(keys)]
+    note = minio_body(inbox, quote_plus(keys[0], safe=""), etag=infos[0].etag)
+    note["Records"] += minio_body(inbox, quote_plus(keys[1], safe=""), etag=infos[1].etag)["Records"]
+    vhost = _vhost(s.amqp.url.get_secret_value())
+    policy = f"{s.amqp.jobs_queue}-full"
+    broker = Broker(s)
+    try:
+        broker.publish(note, message_id="note-refused", routing_key=s.amqp.intake_routing_key)
+        _rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "10", policy,
+                     f"^{re.escape(s.amqp.jobs_queue)}$", json.dumps({"max-length": 0}))  # fmt: skip
+        try:
+            with consumer_thread(s):
+                final = broker.final("note-refused", timeout=120)
+        finally:
+            _rabbitmqctl("clear_policy", "-p", vhost, policy, check=False)
+        assert final.kind == "failed" and final.data.error is not None
+        assert final.data.error.code == "broker_unavailable" and final.data.attempt == 2
+        retrying = [e for e in broker.of("note-refused") if e.kind == "progress" and e.data.stage == "retrying"]
+        assert [e.data.attempt for e in retrying] == [1]
+        _count(broker.ch, s.amqp.dead_letter_queue, 1)
+    finally:
+        broker.close()
+    [row] = dlq.list_dead(s, job_id="note-refused")
+    assert (row.kind, row.last_error, row.error_source, row.reason, row.attempt) == (
+        "s3-event",
+        "broker_unavailable",
+        "header",
+        "rejected",
+        2,
+    )
+    assert row.error_message and row.audio == f"s3://{inbox}/{keys[0]}" and row.records == 2
+    assert row.died_at is not None and row.deaths == 0  # the consumer's failed-at header; no broker death

@@ -61,16 +61,34 @@ def test_permanent_errors_dead_letter_at_once() -> None:
     assert decide(failure(1, permanent=True), policy()).verdict is Verdict.DEAD_LETTER
 
 
-@pytest.mark.parametrize("kind", [MessageKind.S3_EVENT, MessageKind.UNREAD])
-def test_only_job_requests_are_retried(kind: MessageKind) -> None:
-    """A bucket notification whose fan-out failed, or a body never understood, dead-letters."""
-    assert decide(failure(1, kind=kind), policy()).verdict is Verdict.DEAD_LETTER
+def test_an_unread_body_is_never_retried() -> None:
+    """A body never understood (not JSON, not a valid request) dead-letters, even on a transient code."""
+    assert decide(failure(1, kind=MessageKind.UNREAD), policy()).verdict is Verdict.DEAD_LETTER
+
+
+def test_a_refused_fan_out_is_retried_like_a_job() -> None:
+    """Issue 16: a bucket notification whose fan-out the broker refused goes through the same tiers."""
+    p = policy(max_attempts=3)
+    refused = Failure(attempt=1, code="broker_unavailable", permanent=False, kind=MessageKind.S3_EVENT)
+    d = decide(refused, p)
+    assert d.verdict is Verdict.RETRY and d.next_attempt == 2
+    assert d.tier is not None and d.tier == decide(failure(1), p).tier  # the job body's tier
+    lookup = Failure(attempt=2, code="storage_unavailable", permanent=False, kind=MessageKind.S3_EVENT)
+    assert decide(lookup, p).verdict is Verdict.RETRY
+
+
+def test_a_notification_dead_letters_when_attempts_run_out_or_it_is_invalid() -> None:
+    p = policy(max_attempts=3)
+    last = Failure(attempt=3, code="broker_unavailable", permanent=False, kind=MessageKind.S3_EVENT)
+    assert decide(last, p).verdict is Verdict.DEAD_LETTER
+    invalid = Failure(attempt=1, code="schema_invalid", permanent=True, kind=MessageKind.S3_EVENT)
+    assert decide(invalid, p).verdict is Verdict.DEAD_LETTER
 
 
 def test_retried_kinds_is_the_one_switch_for_notifications() -> None:
-    p = policy(retried_kinds=frozenset({MessageKind.JOB, MessageKind.S3_EVENT}))
-    d = decide(failure(1, kind=MessageKind.S3_EVENT), p)
-    assert d.verdict is Verdict.RETRY and d.next_attempt == 2
+    p = policy(retried_kinds=frozenset({MessageKind.JOB}))
+    assert decide(failure(1, kind=MessageKind.S3_EVENT), p).verdict is Verdict.DEAD_LETTER
+    assert decide(failure(1, kind=MessageKind.JOB), p).verdict is Verdict.RETRY
 
 
 def test_abandoned_job_is_left_to_the_loop() -> None:
@@ -98,7 +116,7 @@ def test_unscheduled_retry_requeues() -> None:
 )
 def test_error_permanence_drives_the_decision(error: Exception, retried: bool) -> None:
     assert hasattr(error, "permanent") and hasattr(error, "code")
-    f = Failure(attempt=1, code=error.code, permanent=error.permanent, kind=MessageKind.JOB)  # type: ignore[attr-defined]
+    f = Failure(attempt=1, code=error.code, permanent=error.permanent, kind=MessageKind.JOB)
     assert (decide(f, policy()).verdict is Verdict.RETRY) is retried
 
 

@@ -392,9 +392,9 @@ def test_compose_dependencies_ports_volumes() -> None:
     seen: set[str] = set()
 
     def visit(node: str, path: tuple[str, ...]) -> None:
-        assert node not in path, f"depends_on cycle: {path + (node,)}"
+        assert node not in path, f"depends_on cycle: {(*path, node)}"
         for dep in graph[node]:
-            visit(dep, path + (node,))
+            visit(dep, (*path, node))
         seen.add(node)
 
     for name in graph:

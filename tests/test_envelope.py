@@ -52,6 +52,32 @@ def test_replay_starts_at_attempt_one_and_counts_replays() -> None:
     assert props.expiration is None and props.message_id == "job-1"
 
 
+def test_dead_letter_keeps_ids_and_attempts_and_says_why() -> None:
+    props = envelope.dead_letter_properties(
+        received(), code="object_not_found", message="get: object not found", failed_at="2026-12-01T03:00:00+00:00"
+    )
+    assert props.headers == {
+        topology.ATTEMPT_HEADER: 2,
+        topology.RETRY_REASON_HEADER: "timeout",
+        topology.ERROR_CODE_HEADER: "object_not_found",
+        topology.ERROR_MESSAGE_HEADER: "get: object not found",
+        topology.FAILED_AT_HEADER: "2026-12-01T03:00:00+00:00",
+        "x-custom": "kept",
+    }  # no x-death: the broker did not dead-letter this copy
+    assert (props.message_id, props.correlation_id, props.reply_to, props.timestamp, props.app_id) == (
+        "job-1",
+        "c-1",
+        "amq.gen-x",
+        1_700_000_000,
+        envelope.CLIENT_APP_ID,
+    )
+    assert props.expiration is None and props.delivery_mode == 2 and props.content_type == "application/json"
+    long = envelope.dead_letter_properties(received(), code="engine_error", message="x" * 5000, failed_at="t")
+    assert len(long.headers[topology.ERROR_MESSAGE_HEADER]) == envelope.MAX_ERROR_MESSAGE_CHARS
+    # a replay of it starts clean
+    assert envelope.replay_properties(props).headers == {"x-custom": "kept", envelope.REPLAYED_HEADER: 1}
+
+
 def test_attempt_of() -> None:
     assert envelope.attempt_of(None) == 1
     assert envelope.attempt_of({topology.ATTEMPT_HEADER: 4}) == 4

@@ -13,12 +13,13 @@ from urllib.parse import quote_plus
 import pika
 import pytest
 
-from funasr_fleet import intake
+from funasr_fleet import intake, reconcile
 from funasr_fleet.bucket_events import EventClass, classify_event
 from funasr_fleet.errors import BrokerUnavailable, MalformedMessage, SchemaInvalid
 from funasr_fleet.intake import Ignored, parse_notification
-from funasr_fleet.jobs import JobRequest, job_id_for_object, message_kind, safe_prefix
+from funasr_fleet.jobs import JobRequest, job_id_for_object, message_kind
 from funasr_fleet.manifest import manifest_key
+from funasr_fleet.s3uri import safe_prefix
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
 
@@ -308,7 +309,7 @@ def test_sweep_enqueues_once_and_skips_finished(storage: Storage, sweep_settings
     _drop(storage, s, "calls/empty.wav", b"")
 
     first = Collect()
-    report = intake.sweep(s, storage, first)
+    report = reconcile.sweep(s, storage, first)
     assert first.keys == ["calls/a.wav", "calls/b b.mp3", "calls/empty.wav", "calls/replaced.wav"]
     assert report.enqueued == 4 and report.done == 1 and report.errors == 0
     assert report.skipped >= 1  # notes.txt (+ the marker if the server lists it)
@@ -318,7 +319,7 @@ def test_sweep_enqueues_once_and_skips_finished(storage: Storage, sweep_settings
     assert job_a.output is not None and job_a.output.key == f"{s.s3.results_prefix}/calls/a.wav"
 
     second = Collect()
-    again = intake.sweep(s, storage, second)
+    again = reconcile.sweep(s, storage, second)
     assert second.jobs == []
     assert again.recent == 4 and again.done == 1 and again.enqueued == 0
 
@@ -337,11 +338,11 @@ def test_sweep_re_enqueues_after_the_recent_window_then_gives_up(
     s = fleet_settings(with_engine=False, intake={"sweep_recent_s": 0})
     _drop(storage, s, "stuck.wav")
     counts = []
-    for _ in range(intake.MAX_SWEEP_ENQUEUES + 2):
+    for _ in range(reconcile.MAX_SWEEP_ENQUEUES + 2):
         c = Collect()
-        report = intake.sweep(s, storage, c)
+        report = reconcile.sweep(s, storage, c)
         counts.append((report.enqueued, report.given_up))
-    assert counts == [(1, 0)] * intake.MAX_SWEEP_ENQUEUES + [(0, 1), (0, 1)]
+    assert counts == [(1, 0)] * reconcile.MAX_SWEEP_ENQUEUES + [(0, 1), (0, 1)]
 
 
 def test_sweep_publish_failure_leaves_no_marker(storage: Storage, sweep_settings: Settings) -> None:
@@ -350,9 +351,9 @@ def test_sweep_publish_failure_leaves_no_marker(storage: Storage, sweep_settings
     broken = Collect()
     broken.fail = True
     with pytest.raises(BrokerUnavailable):
-        intake.sweep(s, storage, broken)
+        reconcile.sweep(s, storage, broken)
     ok = Collect()
-    assert intake.sweep(s, storage, ok).enqueued == 1
+    assert reconcile.sweep(s, storage, ok).enqueued == 1
     assert ok.keys == ["p.wav"]
 
 
@@ -366,7 +367,7 @@ def test_concurrent_sweeps_enqueue_each_object_once(storage: Storage, sweep_sett
 
     def one(_: int) -> int:
         barrier.wait()
-        return intake.sweep(s, storage, shared).enqueued
+        return reconcile.sweep(s, storage, shared).enqueued
 
     with ThreadPoolExecutor(4) as pool:
         enqueued = sum(pool.map(one, range(4)))
@@ -375,12 +376,12 @@ def test_concurrent_sweeps_enqueue_each_object_once(storage: Storage, sweep_sett
 
 
 def test_sweep_publishes_to_the_real_jobs_queue(storage: Storage, sweep_settings: Settings) -> None:
-    from funasr_fleet.client import Publisher
+    from funasr_fleet.publisher import Publisher
 
     s = sweep_settings
     job_id = _drop(storage, s, "q/real.wav")
     with Publisher(s) as publisher:
-        report = intake.sweep(s, storage, publisher)
+        report = reconcile.sweep(s, storage, publisher)
     assert report.job_ids == [job_id]
     conn = pika.BlockingConnection(pika.URLParameters(s.amqp.url.get_secret_value()))
     try:
@@ -399,7 +400,7 @@ def test_bucket_drop_and_sweep_with_the_real_consumer(
     fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
 ) -> None:
     """A MinIO-format event → the real consumer → outputs + manifest; a drop whose event was lost → the sweep."""
-    from funasr_fleet.client import EventWatcher
+    from funasr_fleet.waiting import EventWatcher
     from tests.test_consumer import consumer_thread
 
     s = fleet_settings(
@@ -431,15 +432,15 @@ def test_bucket_drop_and_sweep_with_the_real_consumer(
         assert manifest is not None and manifest["job_id"] == job_id
         assert [u.rsplit(".", 1)[1] for u in result.outputs[:-1]] == s.intake.formats
 
-        from funasr_fleet.client import Publisher
+        from funasr_fleet.publisher import Publisher
 
         with Publisher(s) as publisher:
-            report = intake.sweep(s, storage, publisher)
+            report = reconcile.sweep(s, storage, publisher)
             assert report.done == 1 and report.enqueued == 1, report
             lost = watcher.wait(report.job_ids[0], timeout_s=150)
             assert lost.ok, (lost.error_code, lost.error_message)
             assert storage.exists(s.s3.results_bucket, f"{s.s3.results_prefix}/drops/lost event.wav/manifest.json")
-            again = intake.sweep(s, storage, publisher)
+            again = reconcile.sweep(s, storage, publisher)
             assert again.done == 2 and again.enqueued == 0
 
 
@@ -598,12 +599,12 @@ def test_sweep_skips_objects_the_fan_out_recorded(storage: Storage, sweep_settin
     storage.put_bytes(inbox, "ev/not-announced.wav", b"RIFF....WAVEfmt other")
     jobs = intake.resolve_notification(minio_body(inbox, "ev%2Fannounced.wav", etag=info.etag), s, storage)
     assert isinstance(jobs, list)
-    assert intake.record_enqueued(s, storage, jobs) == 1  # what the fan-out does once the publishes are confirmed
-    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(str(jobs[0].job_id)))
+    assert reconcile.record_enqueued(s, storage, jobs) == 1  # what the fan-out does once the publishes are confirmed
+    marker = storage.get_json(s.s3.results_bucket, reconcile.marker_key(str(jobs[0].job_id)))
     assert marker is not None and marker["count"] == 0 and marker["via"] == "s3-event"
 
     c = Collect()
-    report = intake.sweep(s, storage, c)
+    report = reconcile.sweep(s, storage, c)
     assert c.keys == ["ev/not-announced.wav"]
     assert report.recent == 1 and report.enqueued == 1
 
@@ -614,11 +615,11 @@ def test_sweep_re_enqueues_event_jobs_after_the_window(
     s = fleet_settings(with_engine=False, intake={"sweep_recent_s": 0})
     info = storage.put_bytes(s.s3.inbox_bucket, "late.wav", b"RIFF late")
     job = intake.job_for_object(s, s.s3.inbox_bucket, "late.wav", info.etag)
-    intake.record_enqueued(s, storage, job)
+    reconcile.record_enqueued(s, storage, job)
     c = Collect()
-    report = intake.sweep(s, storage, c)
+    report = reconcile.sweep(s, storage, c)
     assert report.enqueued == 1 and c.keys == ["late.wav"]
-    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(str(job.job_id)))
+    marker = storage.get_json(s.s3.results_bucket, reconcile.marker_key(str(job.job_id)))
     assert marker is not None and marker["count"] == 1
 
 
@@ -627,7 +628,7 @@ def test_record_enqueued_is_best_effort(own_s3_server: Any, sweep_settings: Sett
     down = Storage(own_s3_server.settings())
     own_s3_server.stop()  # a real outage: the marker write fails, the caller goes on
     job = intake.job_for_object(s, s.s3.inbox_bucket, "x.wav", ETAG)
-    assert intake.record_enqueued(s, down, [job]) == 0  # logged, not raised
+    assert reconcile.record_enqueued(s, down, [job]) == 0  # logged, not raised
 
 
 def test_a_manifest_of_another_job_for_the_same_bytes_is_done(storage: Storage, sweep_settings: Settings) -> None:
@@ -642,23 +643,23 @@ def test_a_manifest_of_another_job_for_the_same_bytes_is_done(storage: Storage, 
         "job_id": "s3-00000000000000000000000000000000", "outputs": [],
         "input": {"bucket": inbox, "key": "done/other-id.wav", "etag": info.etag},
     })  # fmt: skip
-    assert intake.is_done(s, storage, job)
-    report = intake.sweep(s, storage, Collect())
+    assert reconcile.is_done(s, storage, job)
+    report = reconcile.sweep(s, storage, Collect())
     assert report.done == 1 and report.enqueued == 0
     # new bytes under the key: not done
     storage.put_bytes(inbox, "done/other-id.wav", b"RIFF replaced")
-    assert intake.sweep(s, storage, Collect()).enqueued == 1
+    assert reconcile.sweep(s, storage, Collect()).enqueued == 1
 
 
 # --- a refused fan-out is retried, not dead-lettered (issue 16, phase 2) --------------------------------
-def _rabbitmqctl(*args: str) -> None:
+def _rabbitmqctl(*args: str, check: bool = True) -> None:
     import shutil
     import subprocess
 
     exe = shutil.which("rabbitmqctl")
     if exe is None:
         pytest.skip("rabbitmqctl is not available to set a queue policy")
-    subprocess.run([exe, *args], check=True, capture_output=True, timeout=60)
+    subprocess.run([exe, *args], check=check, capture_output=True, timeout=60)
 
 
 def _vhost(url: str) -> str:
@@ -667,7 +668,6 @@ def _vhost(url: str) -> str:
     return unquote(urlsplit(url).path.lstrip("/")) or "/"
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2: the consumer must retry a refused fan-out through the delay tiers")
 def test_a_refused_fan_out_is_retried_not_dead_lettered(
     fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
 ) -> None:
@@ -715,7 +715,7 @@ def test_a_refused_fan_out_is_retried_not_dead_lettered(
                     final = broker.final(str(job.job_id), timeout=180)
                     assert final.kind == "succeeded", final.data.error
         finally:
-            _rabbitmqctl("clear_policy", "-p", vhost, policy)
+            _rabbitmqctl("clear_policy", "-p", vhost, policy, check=False)  # cleared above unless it failed early
         assert not [e for e in broker.of("note-full") if e.kind == "failed"]
         assert broker.count(s.amqp.dead_letter_queue) == 0
     finally:
@@ -785,15 +785,11 @@ def test_metadata_events_after_an_upload_start_nothing(
         assert broker.count(s.amqp.dead_letter_queue) == 0 and broker.count(s.amqp.jobs_queue) == 0
     finally:
         broker.close()
-    report = intake.sweep(s, storage, Collect())
+    report = reconcile.sweep(s, storage, Collect())
     assert report.done == 1 and report.enqueued == 0
 
 
-# --- phase 2: the consumer wiring (strict xfail until the handler calls the new functions) ---------------
-PHASE2 = "phase 2: consumer/handler.py wiring (see docs/drafts/intake-and-job-messages.md)"
-
-
-@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _fan_out calls intake.resolve_notification")
+# --- the consumer's wiring of the intake pieces (issue 16, phase 2) ---------------------------------------
 def test_fan_out_looks_up_a_record_without_etag(
     fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
 ) -> None:
@@ -812,7 +808,6 @@ def test_fan_out_looks_up_a_record_without_etag(
         broker.close()
 
 
-@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _fan_out calls intake.record_enqueued after the confirms")
 def test_fan_out_records_its_jobs_for_the_sweep(
     fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
 ) -> None:
@@ -829,11 +824,67 @@ def test_fan_out_records_its_jobs_for_the_sweep(
             assert broker.final(job_id).kind == "succeeded"
     finally:
         broker.close()
-    marker = storage.get_json(s.s3.results_bucket, intake.marker_key(job_id))
+    marker = storage.get_json(s.s3.results_bucket, reconcile.marker_key(job_id))
     assert marker is not None and marker["via"] == "s3-event"
 
 
-@pytest.mark.xfail(strict=True, reason=PHASE2 + ": _answer_from_manifest uses manifest.answers")
+def test_a_fan_out_lookup_during_an_s3_outage_is_retried(
+    fleet_settings: Callable[..., Settings],
+    engine_env: dict[str, str],
+    own_s3_server: Any,
+    audio_dir: Any,
+    unique: str,
+    tmp_path: Any,
+) -> None:
+    """Issue 16: an upload record without an eTag is looked up (HEAD); S3 down makes that lookup fail
+    with storage_unavailable, which retries the notification through the delay tiers. Once S3 is back
+    the object becomes its one job (the id its real eTag gives) and succeeds."""
+    from urllib.parse import quote_plus
+
+    from tests.test_consumer import Broker, consumer_thread
+
+    s3 = {
+        **own_s3_server.settings(connect_timeout_s=1.0, read_timeout_s=5.0, max_attempts=1).model_dump(
+            exclude_none=True
+        ),
+        "access_key": own_s3_server.access_key,
+        "secret_key": own_s3_server.secret_key,
+        "results_bucket": f"t-{unique}-own-results",
+        "inbox_bucket": f"t-{unique}-own-inbox",
+    }
+    s = fleet_settings(
+        with_engine=True,
+        s3=s3,
+        consumer={"heartbeat_file": str(tmp_path / "hb.json"), "retry_base_delay_s": 1.0, "retry_max_delay_s": 4.0,
+                  "retry_max_attempts": 10},
+    )  # fmt: skip
+    own = Storage(s.s3)
+    own.ensure_bucket(s.s3.results_bucket)
+    own.ensure_bucket(s.s3.inbox_bucket)
+    key = "drops/no etag.wav"
+    info = own.put_bytes(s.s3.inbox_bucket, key, (audio_dir / "dialogue.wav").read_bytes())
+    record = {"eventName": "s3:ObjectCreated:Put",
+              "s3": {"bucket": {"name": s.s3.inbox_bucket}, "object": {"key": quote_plus(key), "size": 0, "eTag": ""}}}  # fmt: skip
+    broker = Broker(s)
+    try:
+        with consumer_thread(s):
+            own_s3_server.stop()
+            restart = threading.Timer(10.0, own_s3_server.restart)
+            restart.start()
+            try:
+                broker.publish({"Records": [record]}, routing_key=s.amqp.intake_routing_key, message_id="note-outage")
+                retry = broker.wait_event(lambda e: e.subject == "note-outage" and e.data.stage == "retrying", 60)
+                assert retry.data.error is not None and retry.data.error.code == "storage_unavailable"
+                final = broker.final(job_id_for_object(s.s3.inbox_bucket, key, info.etag), timeout=90)
+            finally:
+                restart.join()
+        assert final.kind == "succeeded", final.data.error
+        assert not [e for e in broker.of("note-outage") if e.final]  # the notification itself never failed
+        assert broker.count(s.amqp.jobs_queue) == 0 and broker.count(s.amqp.dead_letter_queue) == 0
+    finally:
+        broker.close()
+
+
 def test_a_manifest_of_another_job_id_answers_and_does_not_flip(
     fleet_settings: Callable[..., Settings], engine_env: dict[str, str], storage: Storage, audio_dir: Any, tmp_path: Any
 ) -> None:

@@ -23,14 +23,12 @@ from funasr_fleet.errors import (
     UnsupportedSchemaVersion,
 )
 from funasr_fleet.jobs import (
-    S3Location,
     derived_job_id,
     job_id_for_object,
     message_kind,
     parse_job,
-    parse_s3_uri,
-    safe_prefix,
 )
+from funasr_fleet.s3uri import S3Location, parse_s3_uri, safe_prefix
 from funasr_fleet.settings import Settings
 
 AUDIO = "s3://fleet-audio/calls/2026/a.wav"
@@ -213,7 +211,7 @@ def test_output_prefix_invalid_in_uri_form() -> None:
     raises(OutputPrefixInvalid, "output_prefix_invalid", body(output="s3://fleet-results/a/../../b"))
 
 
-@pytest.mark.parametrize("formats", [["pdf"], ["json", "docx"], ["srt", ""], ["json "] + ["mp3"]])
+@pytest.mark.parametrize("formats", [["pdf"], ["json", "docx"], ["srt", ""], ["json ", "mp3"]])
 def test_unsupported_format(formats: list[str]) -> None:
     err = raises(UnsupportedFormat, "unsupported_format", body(formats=formats))
     assert "supported" in err.message

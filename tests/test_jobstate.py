@@ -9,7 +9,7 @@ import pytest
 
 from funasr_fleet import jobstate
 from funasr_fleet.events import ErrorInfo
-from funasr_fleet.jobstate import JobState, JobStatus, Update, accepts, advance
+from funasr_fleet.jobstatus import JobState, JobStatus, Update, accepts, advance
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
@@ -59,6 +59,15 @@ def test_create_only_never_overwrites() -> None:
     assert accepts(None, up(Q, create_only=True))
     for state in (Q, R, S, F, C):
         assert not accepts(at(state), up(Q, create_only=True))
+
+
+def test_only_from_guards_the_cancel_of_a_queued_job() -> None:
+    """cancel writes ``cancelled`` only over ``queued``: a consumer that started the job meanwhile stops it itself."""
+    only_queued = frozenset({JobState.QUEUED})
+    cancelled = Update(job_id="j", state=JobState.CANCELLED, by="cancel", only_from=only_queued)
+    assert accepts(JobStatus(job_id="j", state=JobState.QUEUED), cancelled)
+    assert not accepts(JobStatus(job_id="j", state=JobState.RUNNING), cancelled)
+    assert not accepts(None, cancelled)
 
 
 def test_advance_records_times_stages_and_history() -> None:

@@ -20,10 +20,11 @@ import pika
 import pytest
 
 from funasr_fleet import intake
-from funasr_fleet.jobs import JobRequest, S3Location, parse_job, parse_s3_uri
+from funasr_fleet.jobs import JobRequest, parse_job
 from funasr_fleet.keys import join_key
 from funasr_fleet.manifest import manifest_key
 from funasr_fleet.outputs import rttm_file_id
+from funasr_fleet.s3uri import S3Location, parse_s3_uri
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
 
@@ -183,7 +184,8 @@ def test_awkward_keys_end_to_end(
     audio_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from funasr_fleet.client import Client, EventWatcher
+    from funasr_fleet.client import Client
+    from funasr_fleet.waiting import EventWatcher
     from tests.fixtures.services import subprocess_env
     from tests.test_consumer import consumer_thread
 

@@ -47,7 +47,9 @@ def test_onnx_fp32_gives_the_torch_tokens(engine: Engine, onnx_engine: Engine, a
         ta = [t for s in a.sentences for t in s.tokens]
         tb = [t for s in b.sentences for t in s.tokens]
         assert [t.text for t in ta] == [t.text for t in tb]
-        assert all(abs(x.start_ms - y.start_ms) <= 60 and abs(x.end_ms - y.end_ms) <= 60 for x, y in zip(ta, tb))
+        assert all(
+            abs(x.start_ms - y.start_ms) <= 60 and abs(x.end_ms - y.end_ms) <= 60 for x, y in zip(ta, tb, strict=True)
+        )
         assert a.speakers == b.speakers
 
 

@@ -102,7 +102,7 @@ def spans_of_documents(doc: str, srt: str, vtt: str, rttm: str) -> dict[str, lis
         "rttm": [
             (round(float(f[3]) * 1000), round((float(f[3]) + float(f[4])) * 1000))
             for f in (line.split() for line in rttm.splitlines())
-        ],  # fmt: skip
+        ],
     }
 
 

@@ -65,7 +65,7 @@ def _ready_zygote(fleet: Fleet, not_pid: int | None = None) -> int | None:
     return z["pid"] if z and z["state"] == "ready" and z["pid"] != not_pid else None
 
 
-def test_forked_consumers_share_the_model_and_behave_like_consumers(real_fleet, storage) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 - the fixture imported above
+def test_forked_consumers_share_the_model_and_behave_like_consumers(real_fleet, storage) -> None:  # type: ignore[no-untyped-def]
     start_real, bus, upload, settings = real_fleet
     bucket = settings.s3.inbox_bucket
     short, long = upload("short"), upload("long", 120)
@@ -144,7 +144,7 @@ def test_forked_consumers_share_the_model_and_behave_like_consumers(real_fleet, 
     assert _transcript(storage, e) == _transcript(storage, a)
 
 
-def test_zygote_boot_failure_halts_with_the_cause(real_fleet) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 - the fixture imported above
+def test_zygote_boot_failure_halts_with_the_cause(real_fleet) -> None:  # type: ignore[no-untyped-def]
     start_real, _bus, _upload, _settings = real_fleet
     fleet = start_real("--consumers", "2", "--threads", "1", "--preload", "fork",
                        FLEET_ENGINE__MODEL="/nonexistent/asr-model", FLEET_SUPERVISOR__MAX_BOOT_FAILURES="2")  # fmt: skip
@@ -155,7 +155,7 @@ def test_zygote_boot_failure_halts_with_the_cause(real_fleet) -> None:  # type: 
     assert not [e for e in fleet.logs() if e.get("event") == "consumer started"]  # never forked
 
 
-def test_consumers_exit_when_the_supervisor_is_killed(real_fleet) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 - the fixture imported above
+def test_consumers_exit_when_the_supervisor_is_killed(real_fleet) -> None:  # type: ignore[no-untyped-def]
     start_real, _bus, _upload, _settings = real_fleet
     fleet = start_real("--consumers", "1", "--threads", "1", "--preload", "fork")
     pids = fleet.wait_ready(1, timeout=120)

@@ -15,14 +15,16 @@ from collections.abc import Callable
 import pika
 import pytest
 
-from funasr_fleet import cancel, events, intake, jobstate
+from funasr_fleet import cancel, events, jobstate, reconcile
 from funasr_fleet.cancel import Outcome
-from funasr_fleet.client import Client, EventWatcher, Publisher, build_job
+from funasr_fleet.client import Client, build_job
 from funasr_fleet.errors import BrokerUnavailable, CallbackNotAllowed
-from funasr_fleet.jobstate import JobState, Update
+from funasr_fleet.jobstatus import JobState, Update
 from funasr_fleet.manifest import manifest_key
+from funasr_fleet.publisher import Publisher
 from funasr_fleet.settings import Settings
 from funasr_fleet.storage import Storage
+from funasr_fleet.waiting import EventWatcher
 from tests.fixtures.services import subprocess_env
 
 
@@ -68,7 +70,7 @@ def test_submitted_job_reads_queued_with_no_consumer(settings: Settings) -> None
 def test_swept_jobs_read_queued(settings: Settings, storage: Storage) -> None:
     storage.put_bytes(settings.s3.inbox_bucket, "drop/a.wav", b"RIFF....")
     with Publisher(settings) as publisher:
-        report = intake.sweep(settings, storage, publisher)
+        report = reconcile.sweep(settings, storage, publisher)
     (job_id,) = report.job_ids
     st = jobstate.read(storage, settings, job_id)
     assert st.state is JobState.QUEUED and st.input == f"s3://{settings.s3.inbox_bucket}/drop/a.wav"

@@ -17,7 +17,8 @@ from funasr_fleet.errors import (
     StorageUnavailable,
 )
 from funasr_fleet.settings import Settings
-from funasr_fleet.storage import PART_SIZE, Storage
+from funasr_fleet.storage import Storage
+from funasr_fleet.streaming import PART_SIZE
 from tests.fixtures.services import S3TestServer, fleet_env
 
 
@@ -297,7 +298,7 @@ def test_error_mapping_table(status: int, code: str, expected: str, permanent: b
     """The mapping for answers a healthy test server never gives (5xx, throttling)."""
     from botocore.exceptions import ClientError
 
-    from funasr_fleet.storage import translate
+    from funasr_fleet.s3errors import translate
 
     exc = ClientError(
         {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"

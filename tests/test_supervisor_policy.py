@@ -37,6 +37,7 @@ def death(cause: Cause, *, exit_code: int | None = 1, sig: int | None = None, re
         (killed(signal.SIGABRT), True, False, True, Cause.HUNG),
         (killed(signal.SIGKILL), False, False, True, Cause.BOOT_FAILURE),  # hung while loading
         (exited(exitcodes.JOB_TIMEOUT), True, False, False, Cause.DEADLINE),
+        (exited(exitcodes.JOB_CANCELLED), True, False, False, Cause.CANCELLED),
         (exited(exitcodes.ORPHANED), True, False, False, Cause.ORPHANED),
         (exited(0), True, False, False, Cause.CLEAN),
         (exited(0), False, False, False, Cause.BOOT_FAILURE),  # gone before ready: no tight restart loop
@@ -55,6 +56,11 @@ def test_describe_names_signal_and_oom() -> None:
     text = classify(1, killed(signal.SIGKILL), was_ready=True, stop_requested=False, hung_killed=False).describe()
     assert "SIGKILL" in text and "possibly out of memory" in text
     assert "boot failure" in classify(1, exited(3), was_ready=False, stop_requested=False, hung_killed=False).describe()
+
+
+def test_cancelled_exit_is_named_and_not_a_crash() -> None:
+    died = classify(1, exited(exitcodes.JOB_CANCELLED), was_ready=True, stop_requested=False, hung_killed=False)
+    assert "cancelled" in died.describe() and not died.counts_as_crash and not died.counts_as_boot_failure
 
 
 def test_backoff_doubles_and_caps() -> None:
@@ -108,7 +114,7 @@ def test_hung_counts_as_crash() -> None:
     assert policy.on_death(0, death(Cause.HUNG, exit_code=None, sig=9), 1.0, stopping=False).action is Action.HALT
 
 
-@pytest.mark.parametrize("cause", [Cause.DEADLINE, Cause.ORPHANED, Cause.CLEAN])
+@pytest.mark.parametrize("cause", [Cause.DEADLINE, Cause.CANCELLED, Cause.ORPHANED, Cause.CLEAN])
 def test_uncounted_exits_restart_at_once(cause: Cause) -> None:
     policy = RestartPolicy(max_crashes_in_window=1, max_boot_failures=1)
     for t in range(5):

@@ -57,7 +57,7 @@ def test_check_host_and_addresses() -> None:
     public = [ipaddress.ip_address("93.184.216.34")]
     assert check_addresses(t, public, allow_private=False) == public
     with pytest.raises(CallbackNotAllowed, match="non-public"):  # DNS answering a private address: refused
-        check_addresses(t, public + [ipaddress.ip_address("10.0.0.1")], allow_private=False)
+        check_addresses(t, [*public, ipaddress.ip_address("10.0.0.1")], allow_private=False)
     with pytest.raises(CallbackNotAllowed):
         check_addresses(t, [], allow_private=True)
 

@@ -85,6 +85,7 @@ class CeleryWorker:
 def _delete_entities(settings: Any, name: str) -> None:
     """The worker's queue and the exchange Celery declared for it (the broker is shared)."""
     import pika
+    import pika.exceptions
 
     try:
         conn = pika.BlockingConnection(pika.URLParameters(settings.amqp.url.get_secret_value()))
@@ -97,8 +98,8 @@ def _delete_entities(settings: Any, name: str) -> None:
                 ch.exchange_delete(extra)
         finally:
             conn.close()
-    except Exception:
-        pass
+    except (pika.exceptions.AMQPError, OSError):
+        pass  # best effort: the broker is shared and may already have dropped them
 
 
 def _app_for(worker: CeleryWorker) -> Any:

@@ -7,6 +7,7 @@ redelivered one gets the same event id). See funasr_fleet.announce.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from types import FrameType
@@ -23,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from funasr_fleet.logs import setup_logging
     from funasr_fleet.settings import load_settings
 
+    if os.environ.get("FLEET_SUPERVISOR_PID"):  # the supervisor's sidecar: end with it
+        from funasr_fleet.consumer.main import die_with_parent
+
+        die_with_parent()
     settings = load_settings()
     setup_logging(settings.log.level, settings.log.format)
     stop = threading.Event()

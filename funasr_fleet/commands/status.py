@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from funasr_fleet.client import status
     from funasr_fleet.errors import ConfigError, FleetError
-    from funasr_fleet.jobstate import JobState
+    from funasr_fleet.jobstatus import JobState
     from funasr_fleet.settings import load_settings
 
     settings = load_settings()

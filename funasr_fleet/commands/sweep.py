@@ -30,10 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from funasr_fleet import intake
-    from funasr_fleet.client import Publisher
+    from funasr_fleet import reconcile
     from funasr_fleet.errors import ConfigError, FleetError
     from funasr_fleet.logs import get_logger, setup_logging
+    from funasr_fleet.publisher import Publisher
     from funasr_fleet.settings import load_settings
     from funasr_fleet.storage import Storage
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         # A fresh connection per round: an idle one would miss heartbeats between rounds.
         try:
             with Publisher(settings) as publisher:
-                report = intake.sweep(settings, storage, publisher, min_age_s=args.min_age)
+                report = reconcile.sweep(settings, storage, publisher, min_age_s=args.min_age)
         except ConfigError:
             raise
         except FleetError as exc:

@@ -121,7 +121,7 @@ def transcribe_files(engine: object, files: list[Path], out_dir: Path, formats: 
             failed += 1
             print(f"{prefix}: FAILED io_error: {exc}", file=sys.stderr, flush=True)
             continue
-        except Exception as exc:  # one bad file must not lose the others' results
+        except Exception as exc:  # noqa: BLE001 - one bad file must not lose the others' results
             failed += 1
             print(f"{prefix}: FAILED internal_error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
             continue

@@ -53,6 +53,7 @@ class BrokerLink:
         self.consume_channel: BlockingChannel | None = None
         self.consumer_tag: str | None = None
         self.generation = 0
+        self.on_connect: Callable[[BlockingConnection], None] | None = None  # e.g. the cancel listener
 
     # --- connection ------------------------------------------------------------------------------
     @property
@@ -69,6 +70,8 @@ class BrokerLink:
             self.conn = conn
             self._open_publish_channel()
             self._open_consume_channel()
+            if self.on_connect is not None:
+                self.on_connect(conn)
         except BaseException:
             self.conn = None
             _close_quietly(conn)

@@ -11,8 +11,9 @@ from funasr_fleet.consumer.bridge import Bridge
 from funasr_fleet.consumer.delivery import Delivery, RunningJob
 from funasr_fleet.consumer.retries import MessageKind
 from funasr_fleet.errors import JobCancelled
-from funasr_fleet.jobs import JobRequest, S3Location
+from funasr_fleet.jobs import JobRequest
 from funasr_fleet.manifest import options_hash
+from funasr_fleet.s3uri import S3Location
 from funasr_fleet.settings import Settings
 
 
@@ -25,6 +26,7 @@ class Outcome(StrEnum):
     RETRIED = "retried"  # re-published to a delay tier with attempt + 1
     REQUEUED = "requeued"  # the retry could not be scheduled: nack-requeued
     ABANDONED = "abandoned"  # the loop settled it (deadline, forced stop)
+    CANCELLED = "cancelled"  # cancelled (funasr-fleet cancel): job.cancelled published, acked
     IGNORED = "ignored"  # a bucket notification that announces no job
     FANNED_OUT = "fanned_out"  # a bucket notification turned into job messages
 

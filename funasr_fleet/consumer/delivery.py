@@ -44,6 +44,9 @@ class RunningJob:
     context: object | None = None  # the handler's own record of the job (what its on_timeout needs)
     cancelled: threading.Event = field(default_factory=threading.Event)  # the loop gave up on the job
     done: threading.Event = field(default_factory=threading.Event)  # the worker returned
+    cancel_requested: threading.Event = field(default_factory=threading.Event)  # someone cancelled the job
+    cancel_marker_id: str | None = None  # the cancel request's id (the job.cancelled event id derives from it)
+    cancel_requested_at: float | None = None  # monotonic; when this consumer learned of the cancel
     _final_lock: threading.Lock = field(default_factory=threading.Lock)
     _finalized: bool = False
 
@@ -54,6 +57,13 @@ class RunningJob:
                 return False
             self._finalized = True
             return True
+
+    def request_cancel(self, marker_id: str, now: float) -> None:
+        """A cancel for this job arrived (broadcast or marker); ``now``: time.monotonic(). First one wins."""
+        if self.cancel_requested.is_set():
+            return
+        self.cancel_marker_id, self.cancel_requested_at = marker_id, now
+        self.cancel_requested.set()
 
     def past_deadline(self, now: float) -> bool:
         """``now``: time.monotonic(). False while no deadline is set."""

@@ -91,7 +91,7 @@ def _summary(props: pika.BasicProperties, body: bytes, settings: Settings | None
             except FleetError as exc:
                 body_error = exc
     last_error, error_message, error_source = _error(headers, body_error)
-    died = first.get("time")
+    died = first.get("time") or _text(headers.get(topology.FAILED_AT_HEADER))  # consumer dead letters: no x-death
     return DeadLetter(
         job_id=job_id or props.message_id,
         message_id=props.message_id,

@@ -10,25 +10,29 @@ Temp files are removed whatever happens (disk use is bounded by one job).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
 from funasr_fleet import metrics
 from funasr_fleet.consumer.announce import Announcer
 from funasr_fleet.consumer.bridge import Bridge
+from funasr_fleet.consumer.cancelling import Canceller, UploadLog
 from funasr_fleet.consumer.context import JobContext, JobPlan
+from funasr_fleet.consumer.control import CancelWatch
 from funasr_fleet.consumer.delivery import Delivery, RunningJob
 from funasr_fleet.consumer.fanout import fan_out
 from funasr_fleet.consumer.retries import MessageKind
 from funasr_fleet.consumer.settle import Settler
 from funasr_fleet.consumer.stages import JobStages
 from funasr_fleet.consumer.staging import staging_dir, staging_root, sweep_stale_staging
-from funasr_fleet.errors import FleetError, InternalError, JobTimeout
+from funasr_fleet.consumer.status import StatusWriter
+from funasr_fleet.errors import FleetError, InternalError, JobTimeout, JobWasCancelled
 from funasr_fleet.jobs import JOB_ID_RE, decode_body, message_kind, validate_job
 from funasr_fleet.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
+    from funasr_fleet.consumer.loop import ConsumerLoop
     from funasr_fleet.engine.pipeline import Engine
     from funasr_fleet.storage import Storage
 
@@ -44,9 +48,13 @@ class JobHandler:
     def __init__(self, settings: Settings, engine: Engine, storage: Storage, source: str) -> None:
         self.settings = settings
         self.engine = engine
-        self.announcer = Announcer(settings, source)
+        status = StatusWriter(settings, storage)
+        self.uploads = UploadLog(storage)  # the stages write through it: a cancel knows what to delete
+        self.canceller = Canceller(settings, storage, status, self.uploads)
+        self.cancels = CancelWatch(settings, storage, self.canceller)
+        self.announcer = Announcer(settings, source, status, self.canceller)
         self.settler = Settler(settings, storage, self.announcer)
-        self.stages = JobStages(settings, engine, storage, self.announcer, self.settler)
+        self.stages = JobStages(settings, engine, cast("Storage", self.uploads), self.announcer, self.settler)
         sweep_stale_staging(staging_root(settings.consumer.tmp_dir))
 
     def __call__(self, running: RunningJob, bridge: Bridge) -> None:
@@ -57,6 +65,8 @@ class JobHandler:
         metrics.job_started(_queue_wait(running.delivery))
         try:
             self._handle(ctx)
+        except JobWasCancelled as exc:
+            self.canceller.finish(ctx, exc)
         except FleetError as exc:
             self.settler.fail(ctx, exc)
         except Exception as exc:
@@ -66,6 +76,10 @@ class JobHandler:
             metrics.job_finished(
                 ctx.outcome, ctx.error_code, duration_s=time.monotonic() - start, rtf=ctx.rtf, audio_s=ctx.audio_s
             )
+
+    def wire(self, loop: ConsumerLoop) -> None:
+        """The loop's cancel duties: the control listener, the overdue check, the marker poller."""
+        self.cancels.attach(loop)
 
     def on_timeout(self, running: RunningJob, bridge: Bridge) -> None:
         """Loop thread, deadline passed (the loop holds the claim): settle as a transient ``timeout``."""
@@ -82,7 +96,7 @@ class JobHandler:
             ctx.job_id = data["job_id"]
         if message_kind(data) == "s3-event":
             ctx.kind = MessageKind.S3_EVENT
-            fan_out(ctx, data, self.settings)
+            fan_out(ctx, data, self.settings, self.settler.storage)
             return
         job = validate_job(data, self.settings)
         ctx.kind = MessageKind.JOB

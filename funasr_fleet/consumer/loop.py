@@ -8,7 +8,8 @@ worker's queued broker calls (:mod:`~funasr_fleet.consumer.bridge`), and then on
 1. beat the heartbeat file with the loop's :class:`LoopState`;
 2. exit (5) if the supervisor is gone;
 3. collect a finished job, and start the delivery held for after it;
-4. exit (4) if the running job passed its deadline (settled as a timeout first);
+4. exit (4) if the running job passed its deadline (settled as a timeout first), or (6) if it was
+   cancelled and did not stop within ``jobs.cancel_grace_s`` (consumer/control.py; cancelled first);
 5. on a stop request: stop consuming, exit once idle; on a second one abandon the job (requeue);
 6. otherwise resume consuming if the consume channel was reopened while busy.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import pika.exceptions
 import structlog
@@ -32,6 +34,9 @@ from funasr_fleet.consumer.worker import Runner, Worker
 from funasr_fleet.errors import BootFailure
 from funasr_fleet.heartbeat import BeatState, Heartbeat
 from funasr_fleet.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from funasr_fleet.consumer.control import CancelWatch
 
 log = structlog.get_logger("funasr_fleet.consumer.loop")
 
@@ -104,6 +109,7 @@ class ConsumerLoop:
         self.jobs = InFlight()
         self.stops = StopRequests()
         self.max_jobs: int | None = None  # tests: exit 0 after this many jobs
+        self.cancels: CancelWatch | None = None  # set by CancelWatch.attach
 
     # --- entry points ----------------------------------------------------------------------------
     @property
@@ -200,6 +206,8 @@ class ConsumerLoop:
             return exitcodes.OK
         if self._deadline_passed():
             return exitcodes.JOB_TIMEOUT
+        if self.cancels is not None and self.cancels.overdue(self.jobs.running):
+            return exitcodes.JOB_CANCELLED
         if self.stops.requested:
             return self._stop_step()
         if not self.jobs.busy and self.link.can_resume:

@@ -144,6 +144,7 @@ def run_consumer(
             storage = Storage(settings.s3)
             handler = JobHandler(settings, engine, storage, events.default_source(cid))
             loop.runner, loop.on_timeout = handler, handler.on_timeout
+            handler.wire(loop)
             if before_connect is not None:
                 before_connect()
             loop.connect_for_boot()

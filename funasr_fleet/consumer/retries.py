@@ -7,8 +7,11 @@ randomness here (the per-message jitter is applied when the retry is published),
 unit-tested without services (tests/test_consumer_retries.py).
 
 The message kind is an explicit input: only the kinds in ``RetryPolicy.retried_kinds`` are ever
-retried. Today that is validated job requests; a bucket notification whose fan-out failed, and a
-body that could not be read, dead-letter at once.
+retried. Those are validated job requests and bucket notifications: a fan-out the broker refused
+(``broker_unavailable``) or whose eTag lookup failed (``storage_unavailable``) is transient like a
+job's failure, and the jobs it published already are idempotent (same job ids), so re-running the
+whole fan-out is safe. A body that could not be read (or an invalid request) dead-letters at once:
+its failure is permanent by nature, whatever the error says.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class RetryPolicy:
 
     max_attempts: int
     tier_for: Callable[[int], topology.RetryTier]
-    retried_kinds: frozenset[MessageKind] = frozenset({MessageKind.JOB})
+    retried_kinds: frozenset[MessageKind] = frozenset({MessageKind.JOB, MessageKind.S3_EVENT})
 
     @classmethod
     def from_settings(cls, amqp: AmqpSettings, consumer: ConsumerSettings) -> RetryPolicy:

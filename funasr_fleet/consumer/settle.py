@@ -8,6 +8,8 @@ side then touches nothing.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import structlog
 
 from funasr_fleet import envelope, events, topology
@@ -121,5 +123,27 @@ class Settler:
             self.announcer.final(ctx, self.announcer.failed(ctx, error))
         except FleetError as exc:
             log.error("failed event not confirmed; dead-lettering anyway", error=exc.message)
-        ctx.bridge.reject(ctx.delivery)  # → DLX → dead-letter queue
+        self._to_dead_letter_queue(ctx, error)
         ctx.outcome = Outcome.FAILED
+
+    def _to_dead_letter_queue(self, ctx: JobContext, error: FleetError) -> None:
+        """Publish the message (body unchanged) with the error headers to the DLX, confirmed, then ack.
+
+        A nack cannot carry headers, and without them ``dlq list`` cannot tell why a valid body
+        failed at run time. Such copies carry no ``x-death``. If the copy is not confirmed, the
+        message is rejected instead (the queue's DLX still keeps it, without the headers).
+        """
+        props = envelope.dead_letter_properties(
+            ctx.delivery.properties, code=error.code, message=error.message, failed_at=datetime.now(UTC).isoformat()
+        )
+        amqp = self.settings.amqp
+        try:
+            ctx.bridge.publish(
+                amqp.dead_letter_exchange, topology.DEAD_LETTER_ROUTING_KEY, ctx.delivery.body, props, mandatory=True
+            )
+        except FleetError as exc:
+            log.error("could not publish the dead letter; rejecting it instead", error=exc.message)
+            ctx.bridge.reject(ctx.delivery)  # → DLX → dead-letter queue
+            return
+        if not ctx.bridge.ack(ctx.delivery):
+            log.warning("ack impossible after dead-lettering (channel gone); a redelivery may dead-letter a 2nd copy")

@@ -26,14 +26,15 @@ from funasr_fleet.engine.audio import decode, probe
 from funasr_fleet.engine.transcript import Transcript
 from funasr_fleet.errors import ObjectNotFound, WriteConflict
 from funasr_fleet.keys import join_key
-from funasr_fleet.manifest import Manifest, ManifestInput, manifest_key
+from funasr_fleet.manifest import Manifest, ManifestInput, answer_event_data, answers, manifest_key
 from funasr_fleet.outputs import FORMATS, OutputMeta, render
 from funasr_fleet.reuse import ResultCache, content_key
 from funasr_fleet.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from funasr_fleet.engine.pipeline import Engine
-    from funasr_fleet.storage import Downloaded, Storage
+    from funasr_fleet.s3objects import Downloaded
+    from funasr_fleet.storage import Storage
 
 log = structlog.get_logger("funasr_fleet.consumer.stages")
 
@@ -73,7 +74,9 @@ class JobStages:
 
     # --- the stages ------------------------------------------------------------------------------
     def answer_from_manifest(self, ctx: JobContext, plan: JobPlan) -> bool:
-        """True when a matching manifest answered the job (``job.succeeded`` re-published, acked)."""
+        """True when the prefix's manifest answers the job (``manifest.answers``: same input object
+        and bytes, engine, options; any job id): ``job.succeeded`` published with this job's id,
+        attempt and metadata and ``reused: "manifest"``, then acked."""
         out, job = plan.output, plan.job
         raw = self.storage.get_json(out.bucket, manifest_key(out.key))
         if raw is None:
@@ -84,20 +87,21 @@ class JobStages:
         except ValueError:
             log.warning("ignoring an unreadable manifest", prefix=out.key)
             return False
-        if not manifest.matches(job_id=ctx.job_id, engine_fingerprint=plan.fingerprint, opts_hash=plan.options_hash):
-            log.info("manifest exists but does not match this job; transcribing again", prefix=out.key)
-            return False
-        if manifest.input.bucket != job.audio.bucket or manifest.input.key != job.audio.key:
-            return False
         try:
-            info = self.storage.head(job.audio.bucket, job.audio.key)
-            if manifest.input.etag and info.etag != manifest.input.etag:
-                log.info("source object changed since the manifest; transcribing again")
-                return False
+            etag: str | None = self.storage.head(job.audio.bucket, job.audio.key).etag
         except ObjectNotFound:
-            pass  # deleted after success (delete_source) or by its owner: the outputs still stand
-        log.info("job already done (manifest found); re-publishing its result")
-        data = events.EventData.model_validate({**manifest.event, "attempt": ctx.attempt, "reused": "manifest"})
+            etag = None  # deleted after success (delete_source) or by its owner: the outputs still stand
+        if not answers(
+            manifest, job_id=ctx.job_id, bucket=job.audio.bucket, key=job.audio.key,
+            engine_fingerprint=plan.fingerprint, opts_hash=plan.options_hash, etag=etag,
+        ):  # fmt: skip
+            log.info("manifest exists but does not answer this job; transcribing again", prefix=out.key)
+            return False
+        # whichever job id wrote it: the manifest is not rewritten, so results never flip between ids
+        log.info("job already done (manifest found); re-publishing its result", manifest_job_id=manifest.job_id)
+        data = events.EventData.model_validate(
+            answer_event_data(manifest, job_id=ctx.job_id, attempt=ctx.attempt, metadata=ctx.metadata)
+        )
         self.settler.succeed(ctx, data, delete_source=False, outcome=Outcome.DUPLICATE)
         return True
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from funasr_fleet.devmodels import paraformer
 from funasr_fleet.devmodels.files import instantiate, param_count, write_dir
 
 VERSION = "full-models-1"
@@ -67,12 +68,7 @@ def asr_config() -> dict[str, Any]:
     return {
         "model": "SeacoParaformer",
         "model_conf": {
-            "ctc_weight": 0.0,
-            "lsm_weight": 0.1,
-            "length_normalized_loss": True,
-            "predictor_weight": 1.0,
-            "predictor_bias": 1,
-            "sampling_ratio": 0.75,
+            **paraformer.model_conf(),
             "inner_dim": 512,
             "bias_encoder_type": "lstm",
             "bias_encoder_bid": False,
@@ -118,35 +114,7 @@ def asr_config() -> dict[str, Any]:
             "use_output_layer": False,
             "wo_input_layer": True,
         },
-        "predictor": "CifPredictorV3",
-        "predictor_conf": {
-            "idim": 512,
-            "threshold": 1.0,
-            "l_order": 1,
-            "r_order": 1,
-            "tail_threshold": 0.45,
-            "smooth_factor2": 0.25,
-            "noise_threshold2": 0.01,
-            "upsample_times": 3,
-            "use_cif1_cnn": False,
-            "upsample_type": "cnn_blstm",
-        },
-        "frontend": "WavFrontend",
-        "frontend_conf": {
-            "fs": 16000,
-            "window": "hamming",
-            "n_mels": 80,
-            "frame_length": 25,
-            "frame_shift": 10,
-            "lfr_m": 7,
-            "lfr_n": 6,
-            "dither": 0.0,
-        },
-        "specaug": None,
-        "normalize": None,
-        "tokenizer": "CharTokenizer",
-        "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
-        "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
+        **paraformer.head_and_frontend(512),
     }
 
 

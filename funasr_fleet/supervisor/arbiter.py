@@ -2,8 +2,9 @@
 
 Signal handlers only enqueue the signal (supervisor/signals.py); all work happens in the loop,
 every :data:`TICK_S` or at once on a signal: handle signals, reap children
-(``waitpid(-1, WNOHANG)``), read heartbeats (supervisor/watch.py), then either drain (SIGTERM,
-SIGINT) or roll (SIGHUP, supervisor/rolling.py) and start what is due. Each child's life is one
+(``waitpid(-1, WNOHANG)``; settling and logging a death: supervisor/exits.py), read heartbeats
+(supervisor/watch.py), then either drain (SIGTERM, SIGINT; supervisor/drain.py) or roll (SIGHUP,
+supervisor/rolling.py) and start what is due. Each child's life is one
 :class:`~funasr_fleet.supervisor.child.Phase`; why it died and what to do next are pure decisions
 (supervisor/policy.py); starting one is supervisor/spawn.py.
 
@@ -20,7 +21,6 @@ import os
 import shutil
 import signal
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +30,23 @@ from funasr_fleet.heartbeat import READY_STATES
 from funasr_fleet.logs import get_logger
 from funasr_fleet.settings import Settings
 from funasr_fleet.supervisor.child import ZYGOTE, Child
-from funasr_fleet.supervisor.policy import Action, Cause, Death, RestartPolicy, ThreadPlan, classify
+from funasr_fleet.supervisor.drain import FleetState, begin_stop, drain_step
+from funasr_fleet.supervisor.exits import log_death, settle
+from funasr_fleet.supervisor.memory import MemoryWatch
+from funasr_fleet.supervisor.policy import Action, Death, RestartPolicy, ThreadPlan
 from funasr_fleet.supervisor.rolling import RollingRestart
 from funasr_fleet.supervisor.rundir import make_run_dir
+from funasr_fleet.supervisor.sidecar import AnnouncerSidecar
 from funasr_fleet.supervisor.signals import SignalQueue
 from funasr_fleet.supervisor.spawn import Spawner, become_subreaper, default_consumer_command
 from funasr_fleet.supervisor.status import snapshot
-from funasr_fleet.supervisor.watch import HeartbeatWatch, read_beat
+from funasr_fleet.supervisor.watch import HeartbeatWatch
 
 log = get_logger("supervisor")
 
 TICK_S = 0.25
 HEALTHZ_STALE_S = 10.0
 SPAWN_RETRY_S = 1.0
-_QUIET_CAUSES = (Cause.STOPPED, Cause.CLEAN)
-
-
-class FleetState(StrEnum):
-    RUNNING = "running"
-    DRAINING = "draining"  # SIGTERM sent to every child; waiting up to grace_period_s
-    KILLING = "killing"  # grace period over: SIGKILL sent to what was left
 
 
 class Arbiter:
@@ -84,6 +81,8 @@ class Arbiter:
         self.halt_reason: str | None = None
         self.last_tick = time.monotonic()
         self.signals = SignalQueue()
+        self.memory = MemoryWatch()
+        self.sidecar = AnnouncerSidecar() if self.sup.announcer else None  # not a consumer (supervisor/sidecar.py)
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
@@ -112,12 +111,15 @@ class Arbiter:
                 now_wall = time.time()
                 for child in list(self.children.values()):
                     self.watch.check(child, now, now_wall)
+                self.memory.step(now, self.children, self.slots)
                 if self.stopping:
-                    if self._drain_step(now):
+                    if drain_step(self, now):
                         break
                 else:
                     self.rolling.step(self)
                     self._spawn_due(now)
+                    if self.sidecar is not None:
+                        self.sidecar.step(now)
                 metrics.consumers(alive=self.alive_count(), ready=self.ready_count())
                 self.signals.sleep(self._sleep_s())
         finally:
@@ -178,7 +180,7 @@ class Arbiter:
                 if not self.stopping:
                     name = signal.Signals(sig).name
                     log.info("drain requested", signal=name, grace_period_s=self.sup.grace_period_s)
-                    self._begin_stop(now)
+                    begin_stop(self, now)
                 else:
                     # A second request: consumers treat a second SIGTERM as "requeue and exit now".
                     log.warning("second stop signal: asking consumers to requeue their jobs and exit now")
@@ -244,21 +246,17 @@ class Arbiter:
             metrics.mark_process_dead(pid)
             child = self.children.pop(pid, None)
             if child is not None:
+                child.reaped(status)
                 self._on_exit(child, status, now)
+            elif self.sidecar is not None:
+                self.sidecar.reaped(pid, status, now)
 
     def _on_exit(self, child: Child, status: int, now: float) -> None:
-        if child.sock is not None:
-            child.sock.close()
-        if child.reader is not None:
-            child.reader.join(timeout=1.0)  # let the last stderr lines arrive
-        read_beat(child)  # a boot error written just before exit
-        death = classify(
-            child.pid, status, was_ready=child.was_ready, stop_requested=child.stop_requested, hung_killed=child.hung
-        )
+        death = settle(child, status)
         serving = self.slots.get(child.slot) == child.pid
         if serving:
             del self.slots[child.slot]
-        self._log_death(child, death, now)
+        log_death(child, death, now)
         with contextlib.suppress(OSError):
             child.hb_path.unlink(missing_ok=True)
         self.rolling.child_died(child)
@@ -267,20 +265,6 @@ class Arbiter:
             # served by another, and a new consumer failing during a rolling restart must not
             # halt a working fleet
             self._replace(child, death, now)
-
-    def _log_death(self, child: Child, death: Death, now: float) -> None:
-        fields: dict[str, Any] = {
-            "slot": child.slot,
-            "pid": child.pid,
-            "exit_code": death.exit_code,
-            "signal": death.signal,
-            "cause": death.cause.value,
-            "uptime_s": round(now - child.started_mono, 3),
-        }
-        if death.cause not in _QUIET_CAUSES:
-            fields["last_words"] = child.last_words()
-        log_fn = log.info if death.cause in (*_QUIET_CAUSES, Cause.DEADLINE) else log.warning
-        log_fn(f"{child.name} exited: " + death.describe(), **fields)
 
     def _replace(self, child: Child, death: Death, now: float) -> None:
         """Restart the slot (with the policy's delay) or halt the fleet, as the policy decides."""
@@ -301,29 +285,4 @@ class Arbiter:
     def _halt(self, reason: str, exit_code: int, now: float, **fields: Any) -> None:
         self.halt_reason, self.exit_code = reason, exit_code
         log.error("supervisor halting: " + reason, exit_code=exit_code, **fields)
-        self._begin_stop(now)
-
-    def _begin_stop(self, now: float) -> None:
-        self.state = FleetState.DRAINING
-        self.pending.clear()
-        self.rolling.clear()
-        self.stop_deadline = now + self.sup.grace_period_s
-        for child in list(self.children.values()):
-            child.stop()
-
-    def _drain_step(self, now: float) -> bool:
-        """True when every child is gone; SIGKILL for what is left once the grace period is over."""
-        if not self.children:
-            return True
-        if self.state is FleetState.DRAINING and self.stop_deadline is not None and now >= self.stop_deadline:
-            self.state = FleetState.KILLING
-            for child in list(self.children.values()):
-                log.warning(
-                    "grace period over: SIGKILL",
-                    slot=child.slot,
-                    pid=child.pid,
-                    state=child.beat_state,
-                    job_id=child.job_id,
-                )
-                child.send(signal.SIGKILL)
-        return False
+        begin_stop(self, now)

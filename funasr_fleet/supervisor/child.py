@@ -23,6 +23,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import subprocess
+
+    from funasr_fleet.supervisor.memory import Memory
 
 STDERR_TAIL_LINES = 20
 ZYGOTE = -1
@@ -57,6 +63,11 @@ class Child:
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     reader: threading.Thread | None = None  # forwards stderr (supervisor/spawn.py)
     sock: socket.socket | None = None  # the zygote's: spawn requests go through it
+    # an exec'd child's Popen, held until we reap it: a Popen dropped while its child runs is
+    # polled (waitpid) by the next Popen anywhere in this process, which would steal the exit
+    # status from the supervisor's waitpid(-1). None for forked consumers (the zygote's children).
+    process: subprocess.Popen[bytes] | None = None
+    memory: Memory | None = None  # the last sample (supervisor/memory.py)
 
     @property
     def name(self) -> str:
@@ -109,6 +120,12 @@ class Child:
     def kill(self) -> None:
         self.phase, self.kill_at = Phase.KILLED, None
         self.send(signal.SIGKILL)
+
+    def reaped(self, status: int) -> None:
+        """Our waitpid collected it (``status``: the raw wait status): tell its Popen, then let it go."""
+        if self.process is not None:
+            self.process.returncode = os.waitstatus_to_exitcode(status)
+            self.process = None
 
     def send(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):  # exited; the reaper will see it

@@ -25,6 +25,7 @@ class Cause(StrEnum):
     OOM_SUSPECTED = "oom_suspected"  # SIGKILL we did not send: most often the kernel OOM killer
     HUNG = "hung"  # heartbeat went silent; we sent SIGABRT, then SIGKILL
     DEADLINE = "deadline"  # exit 4: a job passed its deadline; replaced without counting as a crash
+    CANCELLED = "cancelled"  # exit 6: its job was cancelled inside a model call; replaced, not a crash
     ORPHANED = "orphaned"  # exit 5: the child believed its supervisor was gone
     STOPPED = "stopped"  # we asked it to stop (drain, rolling restart, halt)
 
@@ -70,6 +71,7 @@ _EXIT_MEANINGS = {
     exitcodes.BOOT_FAILURE: "boot failure",
     exitcodes.JOB_TIMEOUT: "job deadline passed",
     exitcodes.ORPHANED: "orphaned",
+    exitcodes.JOB_CANCELLED: "job cancelled inside a model call",
     exitcodes.CONFIG: "invalid settings",
 }
 
@@ -105,6 +107,8 @@ def _cause(exit_code: int | None, sig: int | None, was_ready: bool, stop_request
         return Cause.BOOT_FAILURE
     if exit_code == exitcodes.JOB_TIMEOUT:
         return Cause.DEADLINE
+    if exit_code == exitcodes.JOB_CANCELLED:
+        return Cause.CANCELLED
     if exit_code == exitcodes.ORPHANED:
         return Cause.ORPHANED
     if exit_code == exitcodes.OK:
@@ -142,7 +146,8 @@ class RestartPolicy:
     - The restart delay of a slot doubles with each consecutive failure of that slot
       (``base``, ``2·base``, ... capped at ``max``) and resets once a child of that slot has stayed
       ready for ``stable_after_s``.
-    - Deadline (exit 4), orphaned (5) and clean exits are replaced at once and never counted.
+    - Deadline (exit 4), orphaned (5), job cancelled (6) and clean exits are replaced at once and never
+      counted.
     """
 
     backoff_base_s: float = 1.0
@@ -210,7 +215,7 @@ class RestartPolicy:
                 )
             failures = self.slot_failures[slot] = self.slot_failures.get(slot, 0) + 1
             return Decision(Action.RESTART, self.backoff(failures), reason=death.describe())
-        # deadline, orphaned, clean: replace now, no penalty
+        # deadline, cancelled, orphaned, clean: replace now, no penalty
         return Decision(Action.RESTART, 0.0, reason=death.describe())
 
 

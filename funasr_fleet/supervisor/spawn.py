@@ -55,6 +55,7 @@ class Started:
     pid: int
     stderr: IO[bytes]
     sock: socket.socket | None = None  # the zygote's end of its socket pair is kept here
+    process: subprocess.Popen[bytes] | None = None  # exec'd children: kept until reaped (Child.process)
 
 
 class Spawner:
@@ -95,6 +96,7 @@ class Spawner:
             started_mono=time.monotonic(),
             last_beat_wall=time.time(),
             sock=started.sock,
+            process=started.process,
         )
         child.reader = threading.Thread(
             target=pump_stderr, args=(started.stderr, child.stderr_tail), name=f"stderr-{child.pid}", daemon=True
@@ -154,7 +156,7 @@ class Spawner:
             if theirs is not None:
                 theirs.close()
         assert popen.stderr is not None
-        return Started(popen.pid, popen.stderr, sock)
+        return Started(popen.pid, popen.stderr, sock, popen)
 
 
 def pump_stderr(stream: IO[bytes], tail: deque[str]) -> None:

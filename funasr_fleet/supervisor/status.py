@@ -15,8 +15,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def snapshot(arbiter: Arbiter) -> dict[str, Any]:
     """``{"pid", "stopping", "halt_reason", "consumers_wanted", "threads_per_consumer", "ready",
     "alive", "loop_age_s", "preload", "zygote", "consumers": [...]}``; each child with its slot,
-    pid, generation, heartbeat ``state``, lifecycle ``phase``, job id, whether it serves its slot
-    and its heartbeat's age in seconds."""
+    pid, generation, heartbeat ``state``, lifecycle ``phase``, job id, whether it serves its slot,
+    its heartbeat's age in seconds, and its resident memory in bytes (``rss_bytes`` at the last
+    sample, ``peak_rss_bytes`` its high-water mark; None before the first sample, see
+    supervisor/memory.py)."""
     now_wall = time.time()
     consumers: list[dict[str, Any]] = []
     zygote: dict[str, Any] | None = None
@@ -30,11 +32,14 @@ def snapshot(arbiter: Arbiter) -> dict[str, Any]:
             "job_id": child.job_id,
             "serving": arbiter.slots.get(child.slot) == child.pid,
             "heartbeat_age_s": round(now_wall - child.last_beat_wall, 3),
+            "rss_bytes": child.memory.rss_bytes if child.memory else None,
+            "peak_rss_bytes": child.memory.peak_rss_bytes if child.memory else None,
         }
         if child.slot != ZYGOTE:
             consumers.append(entry)
         elif entry["serving"] or zygote is None:
-            zygote = {k: entry[k] for k in ("pid", "generation", "state", "phase", "heartbeat_age_s")}
+            keys = ("pid", "generation", "state", "phase", "heartbeat_age_s", "rss_bytes", "peak_rss_bytes")
+            zygote = {k: entry[k] for k in keys}
     return {
         "pid": os.getpid(),
         "stopping": arbiter.stopping,

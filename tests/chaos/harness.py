@@ -4,6 +4,7 @@ and S3 outages, output checks, queue counts. Everything talks to the real servic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -91,10 +92,8 @@ class EventLog:
         except _AMQP_ERRORS:
             pass
         finally:
-            try:
+            with contextlib.suppress(*_AMQP_ERRORS):
                 conn.close()
-            except _AMQP_ERRORS:
-                pass
         return new
 
     def of(self, job_id: str, kind: str | None = None) -> list[dict[str, Any]]:
@@ -179,10 +178,8 @@ class RawPublisher:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(*_AMQP_ERRORS):
                 self.conn.close()
-            except _AMQP_ERRORS:
-                pass
         self.conn, self.ch = None, None
 
 
@@ -334,11 +331,11 @@ def check_job_outputs(
         problems.append(f"objects under {prefix}/: {keys} (expected {expected})")
     manifests = [k for k in keys if k.endswith(MANIFEST_NAME)]
     if len(manifests) != 1:
-        return problems + [f"{len(manifests)} manifests"]
+        return [*problems, f"{len(manifests)} manifests"]
     try:
         manifest = Manifest.model_validate(storage.get_json(bucket, manifests[0]))
     except Exception as exc:  # noqa: BLE001 - reported as a problem
-        return problems + [f"manifest unreadable: {exc}"]
+        return [*problems, f"manifest unreadable: {exc}"]
     if manifest.job_id != job_id:
         problems.append(f"manifest job_id {manifest.job_id}")
     for uri in manifest.outputs:

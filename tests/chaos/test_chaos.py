@@ -16,6 +16,7 @@ queue, none unacked; no staged temp file is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -147,7 +148,7 @@ def schedule_for(jobs: int, submit_s: float, rng: random.Random, *, preload: str
 
 
 def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str, audio_dir: Path, tmp_path: Path,
-              capsys: pytest.CaptureFixture[str], *, preload: str = "none") -> dict[str, Any]:  # fmt: skip
+              capsys: pytest.CaptureFixture[str], *, preload: str = "none", rig: Any = None) -> dict[str, Any]:  # fmt: skip
     from funasr_fleet.storage import Storage
 
     rng = random.Random(SEED)
@@ -175,6 +176,7 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
             "grace_period_s": 120.0,
             "preload": preload,
         },
+        **(rig.settings_overrides() if rig is not None else {}),  # e.g. test_chaos_webhooks.WebhookRig
     )
     sources = []
     for name in ("dialogue.wav", "dialogue.mp3", "dialogue.flac"):
@@ -183,10 +185,13 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
 
     log = harness.EventLog(settings)
     publisher = harness.RawPublisher(settings)
-    fleet = Fleet(tmp_path, fleet_env_for(settings, tmp_path), ["--consumers", str(CONSUMERS), "--threads", "1"], None)
+    env = {**fleet_env_for(settings, tmp_path), **(rig.env() if rig is not None else {})}
+    fleet = Fleet(tmp_path, env, ["--consumers", str(CONSUMERS), "--threads", "1"], None)
     chaos: Chaos | None = None
     ids = [f"chaos-{i:04d}" for i in range(jobs)]
     try:
+        if rig is not None:
+            rig.start(settings)  # before any job: the relay's queue must exist before the first event
         fleet.wait_ready(CONSUMERS, timeout=240)
         pace = 0.6
         submit_s = jobs * pace
@@ -197,7 +202,9 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
             delay = t0 + i * pace - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            publisher.publish(harness.job_body(job_id, inbox_bucket, sources[i % len(sources)]), message_id=job_id)
+            extra = rig.job_extra(job_id) if rig is not None else {}
+            body = harness.job_body(job_id, inbox_bucket, sources[i % len(sources)], **extra)
+            publisher.publish(body, message_id=job_id)
             fleet.status()  # keeps seen_pids complete for teardown
             if i % 10 == 0:
                 log.drain()
@@ -221,10 +228,8 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
             unacked_before_stop.update(harness.unacked(settings))
             return all(v == 0 for v in unacked_before_stop.values())
 
-        try:
+        with contextlib.suppress(AssertionError):  # reported by the assertion below, with the counts
             wait_for(all_settled, timeout=60, interval=1.0, what="no unacked message")
-        except AssertionError:
-            pass  # reported by the assertion below, with the counts
         restarts = int(harness.metric_sum(fleet, "fleet_consumer_restarts_total"))
         fleet.proc.send_signal(signal.SIGTERM)
         code = fleet.wait_exit(180)
@@ -254,6 +259,7 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
         leftovers = sorted(p.name for p in Path(stage).iterdir()) if stage and Path(stage).exists() else []
         assert not leftovers, f"temp files left in {stage}: {leftovers}"
         assert code == 0, f"supervisor exit {code}"
+        rig_summary = rig.check(settings, ids, log) if rig is not None else {}
 
         kinds = log.kinds()
         started = len([e for e in log.events.values() if harness.kind_of(e) == "started"])
@@ -279,6 +285,7 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
             "failed_events": kinds.get("failed", 0),
             "publish_retries": publisher.retries,
             "wall_s": round(wall, 1),
+            **rig_summary,
         }
         with capsys.disabled():
             title = f"chaos run ({jobs} jobs{', preload = fork' if preload == 'fork' else ''})"
@@ -312,15 +319,15 @@ def run_chaos(jobs: int, fleet_settings: Any, own_s3_server: Any, amqp_url: str,
     finally:
         if chaos is not None and chaos.is_alive():
             chaos.join(timeout=120)
+        if rig is not None:
+            rig.stop()
         harness.ensure_broker(amqp_url)
         fleet.stop()
         publisher.close()
         log.delete()
         for b in (results_bucket, inbox_bucket):
-            try:
+            with contextlib.suppress(Exception):  # best effort: the broker/S3 may be mid-restart
                 storage.delete_bucket(b)
-            except Exception:  # noqa: BLE001
-                pass
 
 
 @pytest.mark.timeout(900)

@@ -175,7 +175,7 @@ def _layout(model_dir: Path, out: Path, source: str, variant: Variant) -> dict[s
     files = {"onnx_model": f"model{suffix}"}
     if (out / f"model_eb{suffix}").is_file():
         files["onnx_eb_model"] = f"model_eb{suffix}"
-    for name, rel in files.items():
+    for rel in files.values():
         if not (out / rel).is_file():
             raise ModelLoadError(f"ONNX export of {model_dir} wrote no {rel}")
     for extra in out.glob("*.onnx"):  # the fp32 files an int8 export passes through
@@ -227,12 +227,12 @@ def _export_main(argv: list[str] | None = None) -> int:
 
     # FunASR's exporter was written for the TorchScript-based exporter; torch >= 2.9 defaults to
     # the dynamo one (needs onnxscript, and fails on these models). Same call, legacy exporter.
-    torch.onnx.export = functools.partial(torch.onnx.export, dynamo=False)  # type: ignore[assignment]
+    torch.onnx.export = functools.partial(torch.onnx.export, dynamo=False)
     from funasr_fleet.engine.pipeline import import_funasr
 
-    AutoModel = import_funasr()
+    auto_model = import_funasr()
     with contextlib.redirect_stdout(sys.stderr):
-        model = AutoModel(model=args.model_dir, device="cpu", ncpu=args.threads, disable_update=True,
+        model = auto_model(model=args.model_dir, device="cpu", ncpu=args.threads, disable_update=True,
                           disable_pbar=True, disable_log=True, log_level="ERROR")  # fmt: skip
         model.export(type="onnx", quantize=args.quantize, output_dir=args.out_dir, device="cpu")
     return 0
