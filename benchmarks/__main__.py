@@ -14,6 +14,8 @@ Sections (each also runs alone as ``python -m benchmarks.<name>``):
 - ``engine``: the engine alone (load, RTF, RSS, threads-per-process layouts).
 - ``clustering``: FunASR's speaker clustering vs ``cluster_speakers`` (time, peak memory, accuracy by
   windows and speaker request; few-window false splits/merges).
+- ``long``: long recordings (10 min .. 4 h; quick: 10 and 20 min): peak RSS and wall time, with
+  and without ``num_speakers = 2``, and the ratios against issue 12's goals.
 
 Headline keys of the JSON: ``fleet_overhead_ratio``, ``scaling_n2_over_n1``, ``overhead_p50_ms``,
 ``overhead_p95_ms``, ``celery_makespan_ratio`` (fleet ÷ Celery), ``rss_per_consumer_mb``,
@@ -34,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("scaling", "overhead", "memory", "fleet", "engine", "clustering")
+SECTIONS = ("scaling", "overhead", "memory", "fleet", "engine", "clustering", "long")
 HEADLINE = {
     "fleet_overhead_ratio": ("scaling", "fleet_overhead_ratio"),
     "scaling_n2_over_n1": ("scaling", "scaling_n2_over_n1"),

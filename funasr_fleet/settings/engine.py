@@ -61,6 +61,22 @@ class EngineSettings(Section):
     )
     min_audio_s: float = Field(0.5, ge=0, description="Shorter audio fails with audio_too_short.")
     max_audio_s: float = Field(4 * 3600, gt=0, description="Longer audio fails with audio_too_long.")
+    window_s: float = Field(
+        300.0,
+        ge=10,
+        description=(
+            "Audio longer than this is transcribed in windows of about this length, cut in VAD silences "
+            "(bounded memory); speakers are clustered once over the whole file."
+        ),
+    )
+    max_memory_mb: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Refuse (audio_too_long) a job whose estimated peak RSS (Engine.check_memory) exceeds this; "
+            "unset: no limit."
+        ),
+    )
 
     @model_validator(mode="after")
     def _quantize_needs_onnx(self) -> EngineSettings:
