@@ -34,8 +34,15 @@ ANNOUNCER_SOURCE = "/funasr-fleet/announcer"
 """``source`` of the ``job.failed`` events the announcer publishes for broker dead-letters."""
 CALLBACK_HEADER = "x-fleet-callback"
 """AMQP header of an event: the job's ``callback`` URL, for the webhook relay (kept out of the body)."""
-Stage = Literal["downloaded", "decoded", "transcribed", "uploaded", "retrying"]
+Stage = Literal["downloaded", "decoded", "transcribing", "transcribed", "uploaded", "retrying"]
 STAGE_PROGRESS: dict[str, float] = {"downloaded": 0.1, "decoded": 0.2, "transcribed": 0.8, "uploaded": 0.95}
+
+
+def transcribing_progress(fraction: float) -> float:
+    """A job's progress while the engine is ``fraction`` (0..1) through its audio: between
+    ``decoded`` and ``transcribed`` (long recordings report it after every window)."""
+    lo, hi = STAGE_PROGRESS["decoded"], STAGE_PROGRESS["transcribed"]
+    return round(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), 4)
 
 
 class ErrorInfo(BaseModel):

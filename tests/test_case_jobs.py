@@ -114,3 +114,45 @@ def test_short_two_voice_clips_honour_num_speakers_or_say_why(fleet: Settings, s
         assert codes(result) == ["speaker_count_not_met"]
     doc = json.loads(texts["transcript.json"])
     assert doc["options"]["min_speakers"] == 3 and doc["options"]["max_speakers"] == 4
+
+
+def test_a_long_recording_job_reports_windows_and_honours_the_memory_limit(
+    fleet_settings: Callable[..., Settings], storage: Storage, audio_dir: Path, tmp_path: Path
+) -> None:
+    """Windows (engine.window_s) reach the job as ``transcribing`` progress between ``decoded`` and
+    ``transcribed``; a job whose estimate exceeds engine.max_memory_mb fails audio_too_long, no outputs."""
+    import subprocess
+
+    from tests.test_consumer import consumer_thread
+
+    long_wav = tmp_path / "twice.wav"
+    dialogue = str(audio_dir / "dialogue.wav")
+    subprocess.run(["sox", "-R", "-D", dialogue, dialogue, dialogue, str(long_wav)], check=True)
+    s = fleet_settings(
+        with_engine=True, engine={"window_s": 12}, consumer={"heartbeat_file": str(tmp_path / "hb.json")}
+    )
+    seen: list[tuple[str | None, float | None]] = []
+    with consumer_thread(s), Client(s) as client:
+        storage.put_bytes(s.s3.inbox_bucket, "long/twice.wav", long_wav.read_bytes())
+        job_id = client.submit(f"s3://{s.s3.inbox_bucket}/long/twice.wav", formats=["json"])
+        result = client.wait(
+            job_id, 300, progress=lambda e: seen.append((e.data.stage, e.data.progress)) if e.data else None
+        )
+    assert result.ok, (result.error_code, result.error_message)
+    windows = [p for stage, p in seen if stage == "transcribing"]
+    assert len(windows) >= 2 and windows == sorted(windows) and all(0.2 < p < 0.8 for p in windows), seen
+    stages = [stage for stage, _ in seen]
+    assert stages.index("decoded") < stages.index("transcribing") < stages.index("transcribed")
+
+    small = fleet_settings(
+        with_engine=True, engine={"max_memory_mb": 1}, consumer={"heartbeat_file": str(tmp_path / "hb2.json")}
+    )
+    with consumer_thread(small), Client(small) as client:
+        storage.put_bytes(s.s3.inbox_bucket, "long/too-big.wav", long_wav.read_bytes())
+        job_id = client.submit(f"s3://{s.s3.inbox_bucket}/long/too-big.wav", formats=["json"])
+        result = client.wait(job_id, 300)
+    assert result.status == "failed" and result.error_code == "audio_too_long", result
+    assert result.outputs == []
+    # only its status record (under _fleet/) names the job: no outputs, no manifest
+    out = [o.key for o in storage.list_objects(small.s3.results_bucket, "") if job_id in o.key]
+    assert [k for k in out if not k.startswith("_fleet/")] == [], out

@@ -44,12 +44,18 @@ class Announcer:
             ),
         )
 
-    def progress(self, ctx: JobContext, stage: events.Stage) -> None:
+    def progress(self, ctx: JobContext, stage: events.Stage, fraction: float | None = None) -> None:
         """A stage boundary: status, cancel check (raises JobWasCancelled), then the event
-        (``consumer.progress_events`` off: nothing is sent)."""
+        (``consumer.progress_events`` off: nothing is sent). ``fraction``: the job's progress 0..1
+        (default the stage's, ``events.STAGE_PROGRESS``)."""
         if self.canceller is not None:
-            self.canceller.at_boundary(ctx, stage)
-        self.emit(ctx, events.progress(ctx.job_id, self.source, stage, attempt=ctx.attempt, metadata=ctx.metadata))
+            self.canceller.at_boundary(ctx, stage, fraction)
+        self.emit(
+            ctx,
+            events.progress(
+                ctx.job_id, self.source, stage, attempt=ctx.attempt, metadata=ctx.metadata, fraction=fraction
+            ),
+        )
 
     def retrying(self, ctx: JobContext, error: FleetError) -> None:
         """Sent whatever ``consumer.progress_events`` says: a client waits through retries with it."""

@@ -112,9 +112,10 @@ class Canceller:
         if marker is not None and not self._committed(ctx):  # after a commit (its status write lost) it is moot
             self._stop(ctx, marker, "before it started")
 
-    def at_boundary(self, ctx: JobContext, stage: str) -> None:
-        """A stage boundary: record ``running`` at ``stage``, then stop if the job was cancelled."""
-        self.status.running(ctx, stage)
+    def at_boundary(self, ctx: JobContext, stage: str, progress: float | None = None) -> None:
+        """A stage boundary: record ``running`` at ``stage`` (``progress`` 0..1, default the stage's),
+        then stop if the job was cancelled."""
+        self.status.running(ctx, stage, progress)
         if ctx.running.cancel_requested.is_set():
             raise JobWasCancelled(f"cancelled; stopped at the {stage} stage boundary")
         self._check_marker(ctx, stage)

@@ -121,8 +121,10 @@ class JobStages:
                 log.info("transcript reused from identical audio", content_key=key[:16])
                 return Produced(cached[0], cached[1], "content", source, key)
         info = probe(source.path)
+        options = job.options.transcribe_options()
         if info.duration_s:
             self._set_deadline(ctx, info.duration_s)
+            self.engine.check_memory(info.duration_s, options)  # AudioTooLong (permanent) before decoding
         engine_settings = settings.engine
         # Staged next to the download so the job's staging cleanup frees the disk too.
         with decode(
@@ -130,9 +132,18 @@ class JobStages:
             tmp_dir=staging,
         ) as decoded:  # fmt: skip
             self._set_deadline(ctx, decoded.duration_s)
+            if not info.duration_s:  # the container did not say: the decoded length does
+                self.engine.check_memory(decoded.duration_s, options)
             self.announcer.progress(ctx, "decoded")
             source.path.unlink(missing_ok=True)  # the decoded samples are all the engine reads from here
-            transcript = self.engine.transcribe(decoded, job.options.transcribe_options())
+
+            def windows_done(fraction: float) -> None:
+                # between windows of a long recording: progress, status and a cancel check (raises)
+                ctx.check_cancelled()
+                if fraction < 1.0:
+                    self.announcer.progress(ctx, "transcribing", events.transcribing_progress(fraction))
+
+            transcript = self.engine.transcribe(decoded, options, progress=windows_done)
             audio_meta = decoded.info.as_dict()
         ctx.check_cancelled()
         self.announcer.progress(ctx, "transcribed")

@@ -37,11 +37,13 @@ class StatusWriter:
     def enabled_for(self, ctx: JobContext) -> bool:
         return self.settings.jobs.status and ctx.plan is not None
 
-    def running(self, ctx: JobContext, stage: str | None = None) -> Recorded | None:
-        """``running`` (at ``stage``); None when not written (off, not a job, or S3 failed: logged)."""
+    def running(self, ctx: JobContext, stage: str | None = None, progress: float | None = None) -> Recorded | None:
+        """``running`` (at ``stage``; ``progress`` 0..1, default the stage's); None when not written
+        (off, not a job, or S3 failed: logged)."""
         if not self.enabled_for(ctx):
             return None
-        progress = events.STAGE_PROGRESS.get(stage, 0.0) if stage else 0.0
+        if progress is None:
+            progress = events.STAGE_PROGRESS.get(stage, 0.0) if stage else 0.0
         return jobstate.try_record(self.storage, self.settings, self._update(ctx, JobState.RUNNING, stage=stage,
                                                                              progress=progress))  # fmt: skip
 
