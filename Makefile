@@ -15,7 +15,7 @@ down:
 	@.venv/bin/python -m funasr_fleet.devstack down
 
 # Each run gets its own RabbitMQ vhost (unless FLEET_TEST_AMQP_URL names a broker), removed afterwards.
-test: setup
+test: setup lint
 	@scripts/services.sh rabbitmq
 	@.venv/bin/python -m funasr_fleet dev tiny-models .cache/tiny-models >/dev/null
 	@rc=0; vhost=; \
@@ -37,6 +37,7 @@ bench: setup
 
 # Lint (ruff), format check (ruff format) and static types (mypy); configured in pyproject.toml.
 lint: setup
+	@echo "lint: ruff check, ruff format --check, mypy"
 	@.venv/bin/ruff check funasr_fleet tests benchmarks
 	@.venv/bin/ruff format --check funasr_fleet tests benchmarks
 	@.venv/bin/mypy funasr_fleet

@@ -40,7 +40,7 @@ def voices(n: int, k: int, *, seed: int = 1, spread: float = 0.15, turn: int = 3
 
 
 def same_partition(labels: np.ndarray, truth: np.ndarray) -> bool:
-    pairs = {(int(a), int(b)) for a, b in zip(labels, truth)}
+    pairs = {(int(a), int(b)) for a, b in zip(labels, truth, strict=True)}
     return len(pairs) == len(set(labels.tolist())) == len(set(truth.tolist()))
 
 

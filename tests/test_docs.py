@@ -45,6 +45,13 @@ REWRITTEN = {
     "| `FLEET_AMQP__MAX_PRIORITY` | `[amqp] max_priority` | `0` | 0: no priorities. Quorum queues on RabbitMQ "
     "3.10 ignore x-max-priority (see README). |": "| `FLEET_AMQP__MAX_PRIORITY` | `[amqp] max_priority` | `0` | "
     "0: no priorities. Quorum queues on RabbitMQ 3.10 ignore x-max-priority (see docs/consumer.md). |",
+    # the windowed engine added a stage between decoded and transcribed
+    "| `progress` | after each stage: `downloaded` (0.1), `decoded` (0.2), `transcribed` (0.8), `uploaded` (0.95); "
+    'and `retrying` (a transient failure was scheduled for another attempt) | `status: "running"`, `stage`, '
+    "`progress` (0..1); `retrying` also carries `error` |": "| `progress` | after each stage: `downloaded` (0.1), "
+    "`decoded` (0.2), `transcribing` (between 0.2 and 0.8, after each window of a recording longer than "
+    "`engine.window_s`), `transcribed` (0.8), `uploaded` (0.95); and `retrying` (a transient failure was scheduled "
+    'for another attempt) | `status: "running"`, `stage`, `progress` (0..1); `retrying` also carries `error` |',
 }
 
 _LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")

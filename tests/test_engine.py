@@ -209,9 +209,9 @@ def test_model_refs(tmp_path: Path, tiny_models_dir: Path) -> None:
     assert resolve_model_ref(str(tiny_models_dir / "asr"), "model", required=True) == str(tiny_models_dir / "asr")
     with pytest.raises(ModelLoadError, match=r"FLEET_ENGINE__MODEL=/x/nope: no such directory"):
         resolve_model_ref("/x/nope", "model", required=True)
-    with pytest.raises(ModelLoadError, match="FLEET_ENGINE__SPK_MODEL=./nope"):
+    with pytest.raises(ModelLoadError, match=r"FLEET_ENGINE__SPK_MODEL=\./nope"):
         resolve_model_ref("./nope", "spk_model", required=False)
-    with pytest.raises(ModelLoadError, match="no config.yaml"):
+    with pytest.raises(ModelLoadError, match=r"no config\.yaml"):
         resolve_model_ref(str(tmp_path), "model", required=True)
     with pytest.raises(ModelLoadError, match="FLEET_ENGINE__VAD_MODEL is empty"):
         resolve_model_ref("", "vad_model", required=True)

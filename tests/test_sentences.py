@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -151,8 +152,8 @@ def test_no_piece_holds_a_long_pause(seed: int) -> None:
     assert " ".join(p.text for p in pieces) == s.text
     for p in pieces:
         assert (p.start_ms, p.end_ms) == (p.tokens[0].start_ms, max(x.end_ms for x in p.tokens))
-        assert all(b.start_ms - a.end_ms <= PAUSE for a, b in zip(p.tokens, p.tokens[1:]))
-    for a, b in zip(pieces, pieces[1:]):
+        assert all(b.start_ms - a.end_ms <= PAUSE for a, b in itertools.pairwise(p.tokens))
+    for a, b in itertools.pairwise(pieces):
         assert b.start_ms - a.end_ms > PAUSE
 
 

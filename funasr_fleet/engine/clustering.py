@@ -241,7 +241,7 @@ def _spectral_class() -> type:
     with contextlib.redirect_stdout(sys.stderr):
         from funasr.models.campplus.cluster_backend import SpectralCluster
 
-    class Spectral(SpectralCluster):  # type: ignore[misc]
+    class Spectral(SpectralCluster):
         def __init__(self, low: int, high: int, seed: int) -> None:
             # the eigengap looks at FunASR's whole range (or more) and its choice is then clipped
             # to [low, high]: a gap searched only inside a narrow range is meaningless when the
@@ -249,7 +249,7 @@ def _spectral_class() -> type:
             super().__init__(min_num_spks=1, max_num_spks=max(high, AUTO_MAX_SPEAKERS))
             self.low, self.high, self.seed = low, high, seed
 
-        def p_pruning(self, A: np.ndarray) -> np.ndarray:
+        def p_pruning(self, A: np.ndarray) -> np.ndarray:  # noqa: N803 - FunASR's parameter name (override)
             n = A.shape[0]
             pval = self.pval if n * self.pval >= MIN_NEIGHBOURS else MIN_NEIGHBOURS / n
             drop = max(0, int((1 - pval) * n))  # FunASR zeroes the int((1 - pval) * n) smallest of each row
@@ -259,14 +259,14 @@ def _spectral_class() -> type:
                 np.put_along_axis(block, lowest, 0.0, axis=1)
             return A
 
-        def get_laplacian(self, M: np.ndarray) -> np.ndarray:
+        def get_laplacian(self, M: np.ndarray) -> np.ndarray:  # noqa: N803 - FunASR's parameter name (override)
             np.fill_diagonal(M, 0.0)
             degree = np.abs(M).sum(axis=1)
-            M *= -1.0
+            M *= -1.0  # noqa: N806 - in place: the parameter, FunASR's name
             M[np.diag_indices_from(M)] = degree
             return M
 
-        def get_spec_embs(self, L: np.ndarray, k_oracle: int | None = None) -> tuple[np.ndarray, int]:
+        def get_spec_embs(self, L: np.ndarray, k_oracle: int | None = None) -> tuple[np.ndarray, int]:  # noqa: N803
             last = min(L.shape[0] - 1, k_oracle - 1 if k_oracle else self.max_num_spks)
             lambdas, vectors = scipy.linalg.eigh(L, subset_by_index=[0, last], overwrite_a=True, check_finite=False)
             if k_oracle:

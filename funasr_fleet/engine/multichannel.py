@@ -40,8 +40,9 @@ def merge_channels(
 
     Each part's speakers are its own diarization (0..k-1) or None (not diarized: the whole
     channel is one speaker). ``make_turns`` groups the merged sentences into turns (the engine's
-    ``merge_turns``). Warnings: ``warnings`` first, then the parts' own (each once). ``options``: what the caller asked for (default: the first part's). The
-    result's ``wall_s`` is the parts' sum, ``duration_ms`` the longest part's. Raises ValueError
+    ``merge_turns``). Warnings: ``warnings`` first, then the parts' own (each once). ``options``:
+    what the caller asked for (default: the first part's). The result's ``wall_s`` is the parts'
+    sum, ``duration_ms`` the longest part's. Raises ValueError
     when ``parts`` is empty.
     """
     if not parts:

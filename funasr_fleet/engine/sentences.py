@@ -16,6 +16,7 @@ pause of exactly ``max_pause_ms`` does not split. Turns follow the same rule (``
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -83,7 +84,7 @@ def tokens_from_stamps(text: str, stamps: Sequence[Any], duration_ms: int) -> tu
     if not pairs or len(units) != len(pairs):
         return ()
     out = []
-    for unit, (s, e) in zip(units, pairs):
+    for unit, (s, e) in zip(units, pairs, strict=False):
         s = _clamp(s, 0, duration_ms)
         out.append(Token(unit, s, _clamp(e, s, duration_ms)))
     return tuple(out)
@@ -174,7 +175,7 @@ def _split(sentence: Sentence, max_pause_ms: int, vad: _VadIndex) -> list[Senten
     order = sorted(range(len(tokens)), key=lambda i: (tokens[i].start_ms, tokens[i].end_ms, i))
     groups: list[list[int]] = [[order[0]]]
     reach = tokens[order[0]].end_ms
-    for prev, i in zip(order, order[1:]):
+    for prev, i in itertools.pairwise(order):
         tok = tokens[i]
         if tok.start_ms - reach > max_pause_ms or vad.separated(_mid(tokens[prev]), _mid(tok)):
             groups.append([i])
@@ -182,7 +183,7 @@ def _split(sentence: Sentence, max_pause_ms: int, vad: _VadIndex) -> list[Senten
             groups[-1].append(i)
         reach = max(reach, tok.end_ms)
     pieces: list[tuple[str, list[Token]]] = []
-    for text, group in zip(_cut_text(sentence.text, tokens, groups), groups):
+    for text, group in zip(_cut_text(sentence.text, tokens, groups), groups, strict=False):
         if pieces and _punct_only(text):
             pieces[-1] = (pieces[-1][0] + text.strip(), pieces[-1][1])
             continue
@@ -225,7 +226,7 @@ def _cut_text(text: str, tokens: Sequence[Token], groups: list[list[int]]) -> li
                 cut -= 1
         cuts.append(cut)
     cuts.append(len(text))
-    return [text[a:b].strip() for a, b in zip(cuts, cuts[1:])]
+    return [text[a:b].strip() for a, b in itertools.pairwise(cuts)]
 
 
 def _locate(text: str, tokens: Sequence[Token]) -> list[tuple[int, int]] | None:

@@ -10,6 +10,7 @@ Call ``configure_threads`` first thing in any process that will load the engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -48,10 +49,9 @@ def configure_threads(n: int | None = None) -> int:
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    try:
+    # already set, or parallel work has started: only allowed once per process
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1 if threads == 1 else min(threads, 2))
-    except RuntimeError:
-        pass  # already set, or parallel work has started: only allowed once per process
     return threads
 
 
