@@ -119,6 +119,7 @@ def test_silence_gives_an_empty_valid_transcript(backend_engine: Engine, audio_d
     t = backend_engine.transcribe(audio_dir / "silence.wav")
     assert t.sentences == () and t.turns == () and t.speakers == () and t.text == ""
     assert t.duration_ms == 3000
+    assert [w.code for w in t.warnings] == ["no_speech"] and "3.0 s" in t.warnings[0].message
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ transcripts of the same shape by the same rules.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from funasr_fleet.engine.clustering import Clustering
 from funasr_fleet.engine.speaker_count import SpeakerCount, transcript_warnings
@@ -51,7 +52,7 @@ def build_transcript(
     elif options.diarize and count.requested:
         warnings = (TranscriptWarning(WarningCode.DIARIZATION_UNAVAILABLE.value,
                     f"asked for {count.describe()}, but this engine has no speaker model"),)  # fmt: skip
-    return Transcript(
+    return Transcript(  # no_speech is added once per file (Engine.transcribe: with_no_speech)
         sentences=sentences,
         turns=turns,
         speakers=speakers,
@@ -62,3 +63,13 @@ def build_transcript(
         wall_s=wall_s,
         warnings=warnings,
     )
+
+
+def with_no_speech(t: Transcript) -> Transcript:
+    """``t`` with a ``no_speech`` warning when it holds no sentence: an empty success must say it is
+    empty (silence, noise, music), not look like a transcript that lost its words."""
+    if t.sentences or any(w.code == WarningCode.NO_SPEECH.value for w in t.warnings):
+        return t
+    seconds = t.duration_ms / 1000
+    warning = TranscriptWarning(WarningCode.NO_SPEECH.value, f"no speech was found in {seconds:.1f} s of audio")
+    return replace(t, warnings=(*t.warnings, warning))

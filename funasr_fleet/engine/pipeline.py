@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from funasr_fleet.engine import hotwords, sizing
-from funasr_fleet.engine.assembly import build_transcript
+from funasr_fleet.engine.assembly import build_transcript, with_no_speech
 from funasr_fleet.engine.audio import SAMPLE_RATE, AudioSource, check_length, decode
 from funasr_fleet.engine.channels import plan_channels
 from funasr_fleet.engine.clustering import ClusterBackendSlot
@@ -146,7 +146,7 @@ class Engine:
             if source.channels > 1:
                 log.info("engine.channels", mode=use.mode, used=list(use.channels), warnings=[w.code for w in warnings],
                          stats=source.stats.as_dict())  # fmt: skip
-            return self._transcribe_source(source, options, use, warnings, progress)
+            return with_no_speech(self._transcribe_source(source, options, use, warnings, progress))
         finally:
             if not isinstance(audio, AudioSource):
                 source.close()  # staged here, for this call only
