@@ -26,7 +26,6 @@ from funasr_fleet.seaweed import SeaweedServer
 from funasr_fleet.settings import S3Settings, Settings
 from funasr_fleet.storage import Storage
 
-
 STAGES = ["downloaded", "decoded", "transcribed", "uploaded"]
 
 
