@@ -15,7 +15,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,8 +365,13 @@ def _note(rig: Rig, key: str, event: str = "s3:ObjectCreated:Put", etag: str = "
     ).encode()
 
 
-def _settle(rig: Rig, case: str) -> None:
-    """Good jobs as a barrier, then every queue empty: what was published before has been handled."""
+def _settle(rig: Rig, case: str, expect: Iterable[str] = ()) -> None:
+    """Good jobs as a barrier, then every queue empty: what was published before has been handled.
+
+    ``expect``: job ids whose final event must have arrived too. A bucket notification's jobs are
+    published by its fan-out, so they can start after the barrier's jobs; and the broker's queue
+    counts lag by seconds, so an empty-looking queue alone does not prove they ended.
+    """
     run_case(rig, case, None, "job", None)
 
     def quiet() -> bool:
@@ -376,6 +381,14 @@ def _settle(rig: Rig, case: str) -> None:
 
     wait_for(quiet, timeout=60, interval=0.5, what="jobs queue drained")
     rig.log.drain()
+    waiting = set(expect)
+
+    def ended() -> bool:
+        rig.log.drain()
+        return waiting <= set(rig.log.finals())
+
+    if waiting:
+        wait_for(ended, timeout=120, interval=0.5, what=f"final events of {sorted(waiting)}")
 
 
 def test_s3_metadata_only_records_start_nothing(rig: Rig) -> None:
@@ -418,7 +431,7 @@ def test_s3_record_without_etag_gets_the_objects_identity(rig: Rig) -> None:
     info = rig.storage.put_bytes(rig.inbox, key, rig.storage.get_bytes(rig.inbox, rig.good_key)[:-4000])
     job_id = job_id_for_object(rig.inbox, key, info.etag)
     rig.publisher.publish(_note(rig, key), message_id="note-no-etag", routing_key=rig.settings.amqp.intake_routing_key)
-    _settle(rig, "s3-no-etag")
+    _settle(rig, "s3-no-etag", expect=[job_id])
     assert [harness.kind_of(e) for e in rig.log.finals().get(job_id, [])] == ["succeeded"]
 
 
@@ -440,7 +453,7 @@ def test_awkward_keys_succeed_and_name_themselves(rig: Rig) -> None:
         rig.publisher.publish(_note(rig, event_key, etag=info.etag, size=info.size), message_id=f"note-{jid}",
                               routing_key=rig.settings.amqp.intake_routing_key)  # fmt: skip
         by_job[job_id_for_object(rig.inbox, event_key, info.etag)] = event_key
-    _settle(rig, "awkward-keys")
+    _settle(rig, "awkward-keys", expect=by_job)
     finals = rig.log.finals()
     for jid, key in by_job.items():
         events = finals.get(jid, [])
